@@ -1,0 +1,53 @@
+# layerlab: `make book` builds the replication book, `make test` runs the tests.
+# Both build the environment first (`make setup`) when environment.yml changed.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.layerlab-setup
+PROFILE ?= quick
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-fast book data bench clean
+
+setup: $(STAMP)
+
+# conda/mamba where installed (a prefix env at .venv), else python -m venv + pip;
+# both read environment.yml (scripts/env_requirements.py extracts its pip: list).
+$(STAMP): environment.yml lib/pyproject.toml scripts/env_requirements.py
+	@set -e; \
+	if command -v mamba >/dev/null 2>&1 || command -v conda >/dev/null 2>&1; then \
+	  CONDA=$$(command -v mamba || command -v conda); \
+	  echo "setup: $$CONDA env at $(VENV)"; \
+	  if [ -x $(PY) ]; then $$CONDA env update -p $(VENV) -f environment.yml; \
+	  else $$CONDA env create -p $(VENV) -f environment.yml; fi; \
+	else \
+	  echo "setup: no conda found; python -m venv $(VENV) + pip from environment.yml"; \
+	  [ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install -q --upgrade pip; \
+	  $(PY) -m pip install -q -r <($(PYTHON) scripts/env_requirements.py); \
+	fi; \
+	$(PY) -m pip install -q --no-deps $$($(PYTHON) scripts/env_requirements.py --no-deps)
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# the fast unit tests only (tiny random models, seconds)
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not smoke" tests
+
+data: setup
+	$(PY) -m layerlab.data fetch
+
+book: setup
+	$(PY) -m layerlab.book --profile $(PROFILE)
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf _build book/executed

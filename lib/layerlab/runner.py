@@ -1,0 +1,181 @@
+"""The layer runner: capture the residual stream entering every block, then finish the
+forward pass from any block, through any sequence of blocks.
+
+``capture`` runs the model once with a pre-hook on every block and keeps, for block j,
+the hidden state entering it (``state.hidden[j]``, shape [batch, seq, d_model]) and the
+other arguments the model passed it (masks, rotary position embeddings, position ids:
+for Gemma3 these differ between sliding and full-attention blocks). ``state.hidden[L]``
+is the output of the last block, before the final norm. Running block j later reuses
+block j's own arguments, so a sweep that changes block l onwards computes the unchanged
+prefix once (``run_from``), and a schedule can run blocks in any order (``run_blocks``).
+
+Everything runs without a KV cache; for generation use a real model edit (schedule/prune).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import arch
+
+
+@dataclass
+class ResidualState:
+    """What ``capture`` recorded for one batch.
+
+    hidden: hidden[j] is the residual stream entering block j, [batch, seq, d_model];
+        hidden[L] is the last block's output (before the final norm). Entries not kept
+        are None.
+    block_args: per block, the positional (without the hidden state) and keyword
+        arguments it was called with.
+    attention_mask: [batch, seq], 1 for real tokens.
+    """
+
+    hidden: list[torch.Tensor | None]
+    block_args: list[tuple[tuple, dict]]
+    attention_mask: torch.Tensor
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.block_args)
+
+
+def _block_output(out) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def capture(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    keep: Iterable[int] | None = None,
+) -> ResidualState:
+    """Run ``model`` once on a batch and record the state entering every block.
+
+    input_ids, attention_mask: [batch, seq] (right padding recommended).
+    keep: block indices whose entering hidden state to keep (default: all, and the final
+        output). Arguments are kept for every block regardless (they are shared tensors).
+    """
+    block_list = arch.blocks(model)
+    n = len(block_list)
+    keep_set = set(range(n + 1)) if keep is None else set(keep)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    hidden: list[torch.Tensor | None] = [None] * (n + 1)
+    block_args: list[tuple[tuple, dict]] = [((), {})] * n
+    handles = []
+
+    def make_pre_hook(j: int):
+        def hook(module, args, kwargs):
+            if args:
+                h, rest = args[0], tuple(args[1:])
+                kw = dict(kwargs)
+            else:
+                kw = dict(kwargs)
+                h, rest = kw.pop("hidden_states"), ()
+            block_args[j] = (rest, kw)
+            if j in keep_set:
+                hidden[j] = h
+        return hook
+
+    def last_hook(module, args, out):
+        if n in keep_set:
+            hidden[n] = _block_output(out)
+
+    try:
+        for j, block in enumerate(block_list):
+            handles.append(block.register_forward_pre_hook(make_pre_hook(j), with_kwargs=True))
+        handles.append(block_list[n - 1].register_forward_hook(last_hook))
+        base = arch.base_model(model)
+        kwargs = {"attention_mask": attention_mask}
+        if not arch.arch_of(model).is_encoder:
+            kwargs["use_cache"] = False
+        base(input_ids=input_ids, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return ResidualState(hidden=hidden, block_args=block_args, attention_mask=attention_mask)
+
+
+def call_block(model: nn.Module, state: ResidualState, j: int, h: torch.Tensor,
+               block: nn.Module | None = None) -> torch.Tensor:
+    """Run block j (or ``block`` in its place, with block j's arguments) on ``h``."""
+    rest, kw = state.block_args[j]
+    module = arch.blocks(model)[j] if block is None else block
+    return _block_output(module(h, *rest, **kw))
+
+
+Step = int | tuple[Sequence[int], int]
+
+
+@torch.no_grad()
+def run_blocks(model: nn.Module, state: ResidualState, h: torch.Tensor,
+               steps: Iterable[Step]) -> torch.Tensor:
+    """Run ``h`` through a sequence of steps and return the resulting residual stream.
+
+    A step is a block index, or ``(group, iterations)``: every block of ``group`` reads
+    the same input, their outputs are averaged, and the average is fed back
+    ``iterations`` times (Layers-as-Painters parallel / looped parallel).
+    """
+    for step in steps:
+        if isinstance(step, int):
+            h = call_block(model, state, step, h)
+        else:
+            group, iterations = step
+            for _ in range(iterations):
+                outs = [call_block(model, state, j, h) for j in group]
+                h = torch.stack(outs).mean(0) if len(outs) > 1 else outs[0]
+    return h
+
+
+def finish(model: nn.Module, h: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Final norm and output head on a residual stream.
+
+    h: [batch, seq, d_model]. positions: optional [batch, k] token positions to score
+    (saves the head's cost when only a few positions matter).
+    Returns logits [batch, seq or k, vocab]; for a bare encoder, the normed hidden states.
+    """
+    if positions is not None:
+        h = h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+    norm = arch.final_norm(model)
+    if norm is not None:
+        h = norm(h)
+    out_head = arch.head(model)
+    if out_head is None:
+        return h
+    logits = out_head(h)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@torch.no_grad()
+def run_from(model: nn.Module, state: ResidualState, layer: int, h: torch.Tensor | None = None,
+             positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Finish the forward pass from block ``layer`` (0..L): blocks layer..L-1, norm, head.
+
+    h defaults to the captured state entering ``layer``.
+    """
+    if not 0 <= layer <= state.n_layers:
+        raise ValueError(f"layer {layer} out of range; allowed: 0..{state.n_layers}")
+    if h is None:
+        h = state.hidden[layer]
+        if h is None:
+            raise ValueError(f"the state entering block {layer} was not kept by capture(keep=...)")
+    return finish(model, run_blocks(model, state, h, range(layer, state.n_layers)), positions)
+
+
+def full_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's own forward pass (no cache), for reference: logits or, for an encoder,
+    the last hidden state."""
+    with torch.no_grad():
+        if arch.arch_of(model).is_encoder:
+            return arch.base_model(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
