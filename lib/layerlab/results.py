@@ -1,0 +1,93 @@
+"""A resumable results store: tidy parquet, one row per measured point.
+
+Each point is keyed by (model, technique, intervention, dataset, split, code version) and
+stored as its own small parquet shard, written to a temporary file and renamed into
+place, so a killed run leaves either the whole point or nothing. ``ResultStore.table``
+reads every shard into one tidy table with at least the columns of ``REQUIRED``.
+
+Bump ``CODE_VERSION`` when a change alters measured numbers: old points stop matching
+and are recomputed, and both stay distinguishable in the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CODE_VERSION = "1"
+REQUIRED = ("model", "technique", "dataset", "split", "metric", "value", "n_items")
+
+
+def point_key(model: str, technique: str, intervention: dict, dataset: str, split: str,
+              code_version: str = CODE_VERSION) -> str:
+    """A stable hex key for one measured point. ``intervention``: JSON-able parameters."""
+    payload = json.dumps([model, technique, intervention, dataset, split, code_version],
+                         sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+class ResultStore:
+    """Points under ``root/<technique>/<key>.parquet``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _shard(self, technique: str, key: str) -> Path:
+        return self.root / technique / f"{key}.parquet"
+
+    def has(self, technique: str, key: str) -> bool:
+        return self._shard(technique, key).exists()
+
+    def put(self, technique: str, key: str, rows: list[dict] | pd.DataFrame) -> None:
+        """Store the rows of one point atomically. Each row needs the REQUIRED columns."""
+        frame = pd.DataFrame(rows)
+        missing = [c for c in REQUIRED if c not in frame.columns]
+        if missing:
+            raise ValueError(f"result rows lack required columns {missing}; required: {', '.join(REQUIRED)}")
+        frame["key"] = key
+        frame["code_version"] = CODE_VERSION
+        target = self._shard(technique, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+        os.replace(tmp, target)
+
+    def get(self, technique: str, key: str) -> pd.DataFrame:
+        return pq.read_table(self._shard(technique, key)).to_pandas()
+
+    def point(self, technique: str, key: str, compute: Callable[[], list[dict]]) -> pd.DataFrame:
+        """The stored rows of a point, computing and storing them first if absent."""
+        if not self.has(technique, key):
+            self.put(technique, key, compute())
+        return self.get(technique, key)
+
+    def table(self, technique: str | None = None) -> pd.DataFrame:
+        """Every stored row (of one technique, or all), as one tidy DataFrame."""
+        folders = [self.root / technique] if technique else sorted(p for p in self.root.iterdir() if p.is_dir())
+        frames = [pq.read_table(f).to_pandas() for d in folders if d.exists()
+                  for f in sorted(d.glob("*.parquet"))]
+        if not frames:
+            return pd.DataFrame(columns=[*REQUIRED, "key", "code_version"])
+        return pd.concat(frames, ignore_index=True)
+
+    def keys(self, technique: str) -> set[str]:
+        folder = self.root / technique
+        return {p.stem for p in folder.glob("*.parquet")} if folder.exists() else set()
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*.parquet"))
+
+
+def missing(store: ResultStore, technique: str, keys: Iterable[str]) -> list[str]:
+    """The keys among ``keys`` that are not stored yet, in order."""
+    have = store.keys(technique)
+    return [k for k in keys if k not in have]
