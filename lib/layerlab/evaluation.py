@@ -210,6 +210,7 @@ def tidy_lm_eval(out: dict, tasks: list[str]) -> pd.DataFrame:
                 lo, hi = wilson_interval(value * n, n)
             else:
                 lo, hi = max(0.0, value - 1.96 * stderr), value + 1.96 * stderr
+            lo, hi = min(lo, value), max(hi, value)  # guard float round-off at 0 and 1
             label = metric if filt in ("none", "") else f"{metric}[{filt}]"
             rows.append({"dataset": t, "metric": label, "value": float(value), "stderr": stderr,
                          "n_items": n, "ci_low": lo, "ci_high": hi})
