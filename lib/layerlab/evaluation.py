@@ -54,7 +54,7 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))  # round-off at 0 and 1
 
 
 def _z(confidence: float) -> float:

@@ -1,0 +1,142 @@
+"""LASER rank reduction (Sharma, Ash, Misra 2023).
+
+Convention: for a matrix W of shape [out, in] with max_rank = min(out, in), a reduction
+with rank fraction rho in (0, 1] keeps k = max(1, floor(rho * max_rank)) singular
+components (the paper's "rho fraction of the maximum rank"; k never drops to 0).
+rho = 1 returns W itself, bit for bit.
+
+``part="top"`` keeps the top-k components (LASER). ``part="bottom"`` keeps the components
+LASER removes, W - W_k (the paper's Fig. 5 analysis of higher-order components).
+
+One exact SVD per matrix (``SVDCache``), reused for every rho; reductions are context
+managers that restore the kept original weights bit for bit when they end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import arch
+
+PARTS = ("top", "bottom")
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """One LASER intervention: matrix type tau at block ``layer`` keeps fraction ``rho``."""
+
+    matrix_type: str
+    layer: int
+    rho: float
+    part: str = "top"
+
+    def as_dict(self) -> dict:
+        return {"matrix_type": self.matrix_type, "layer": self.layer, "rho": self.rho, "part": self.part}
+
+
+def rank_for(rho: float, max_rank: int) -> int:
+    """Number of kept components: max(1, floor(rho * max_rank)); rho in (0, 1]."""
+    if not 0 < rho <= 1:
+        raise ValueError(f"rho must be in (0, 1]; got {rho}")
+    return max(1, math.floor(rho * max_rank + 1e-9))
+
+
+class SVDCache:
+    """Exact SVDs (in float32, or the weight's dtype if wider), one per (matrix type, layer) of one model.
+
+    Entries are computed from the model's weights the first time they are asked for; the
+    model must be unmodified then (use it before entering reductions, or call ``prime``).
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
+        self.model = model
+        self.dtype = dtype
+        self._svd: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._original: dict[tuple[str, int], torch.Tensor] = {}
+
+    def original(self, matrix_type: str, layer: int) -> torch.Tensor:
+        key = (matrix_type, layer)
+        if key not in self._original:
+            self._original[key] = arch.weight(self.model, matrix_type, layer).read()
+        return self._original[key]
+
+    def svd(self, matrix_type: str, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(U [out, r], S [r], Vh [r, in]) of the original matrix, r = max rank."""
+        key = (matrix_type, layer)
+        if key not in self._svd:
+            w = self.original(matrix_type, layer)
+            w = w.to(torch.promote_types(w.dtype, self.dtype))  # at least float32, exact for float64
+            self._svd[key] = torch.linalg.svd(w, full_matrices=False)
+        return self._svd[key]
+
+    def prime(self, keys: Iterable[tuple[str, int]]) -> None:
+        for matrix_type, layer in keys:
+            self.svd(matrix_type, layer)
+
+    def approximation(self, r: Reduction) -> torch.Tensor:
+        """The replacement weight [out, in] for reduction ``r``, in the weight's dtype."""
+        if r.part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}; got {r.part!r}")
+        w = self.original(r.matrix_type, r.layer)
+        k = rank_for(r.rho, min(w.shape))
+        if k == min(w.shape):
+            return w.clone() if r.part == "top" else torch.zeros_like(w)
+        u, s, vh = self.svd(r.matrix_type, r.layer)
+        keep = slice(0, k) if r.part == "top" else slice(k, None)
+        return ((u[:, keep] * s[keep]) @ vh[keep]).to(w.dtype)
+
+
+def low_rank(w: torch.Tensor, rho: float, part: str = "top") -> torch.Tensor:
+    """Rank reduction of a single matrix [out, in] (no cache); see module docstring."""
+    k = rank_for(rho, min(w.shape))
+    if k == min(w.shape):
+        return w.clone() if part == "top" else torch.zeros_like(w)
+    u, s, vh = torch.linalg.svd(w.to(torch.promote_types(w.dtype, torch.float32)), full_matrices=False)
+    keep = slice(0, k) if part == "top" else slice(k, None)
+    return ((u[:, keep] * s[keep]) @ vh[keep]).to(w.dtype)
+
+
+def validate(model: nn.Module, matrix_types: Iterable[str], layers: Iterable[int], rhos: Iterable[float]) -> None:
+    """Refuse a bad grid before any expensive work, naming the parameter and allowed values."""
+    allowed = arch.matrix_types(model)
+    for t in matrix_types:
+        if t not in allowed:
+            raise ValueError(f"matrix_types: {t!r} is not available for {arch.arch_of(model).name}; "
+                             f"allowed: {', '.join(allowed)}")
+    n = arch.n_layers(model)
+    for layer in layers:
+        if not isinstance(layer, int) or not 0 <= layer < n:
+            raise ValueError(f"layers: {layer!r} out of range; allowed: integers 0..{n - 1}")
+    for rho in rhos:
+        if not isinstance(rho, (int, float)) or not 0 < rho <= 1:
+            raise ValueError(f"rhos: {rho!r} is not a rank fraction; allowed: numbers in (0, 1]")
+
+
+@contextmanager
+def reduced(model: nn.Module, reductions: Reduction | Iterable[Reduction],
+            cache: SVDCache | None = None) -> Iterator[nn.Module]:
+    """Apply one or several reductions for the duration of the block; the original
+    weights are restored bit for bit on exit (also on error)."""
+    if isinstance(reductions, Reduction):
+        reductions = [reductions]
+    reductions = list(reductions)
+    cache = cache or SVDCache(model)
+    seen = set()
+    for r in reductions:
+        if (r.matrix_type, r.layer) in seen:
+            raise ValueError(f"two reductions of the same matrix ({r.matrix_type}, layer {r.layer})")
+        seen.add((r.matrix_type, r.layer))
+    with ExitStack() as stack:
+        for r in reductions:
+            ref = arch.weight(model, r.matrix_type, r.layer)
+            original = cache.original(r.matrix_type, r.layer)
+            replacement = cache.approximation(r)
+            stack.callback(ref.write, original)
+            ref.write(replacement)
+        yield model

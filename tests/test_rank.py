@@ -1,0 +1,175 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from layerlab import arch, laser, rank, results, scoring
+from tiny import ARCH_NAMES, tiny_batch, tiny_model
+
+
+def state_hash(model) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("rho", [0.01, 0.1, 0.25, 0.5, 0.9])
+def test_eckart_young_errors(rho):
+    torch.manual_seed(0)
+    w = torch.randn(48, 80, dtype=torch.float64)
+    s = torch.linalg.svdvals(w)
+    k = rank.rank_for(rho, 48)
+    approx = rank.low_rank(w, rho)
+    assert torch.linalg.matrix_rank(approx) == k
+    # Frobenius error = norm of the dropped singular values; spectral error = first dropped one
+    assert torch.linalg.norm(w - approx) == pytest.approx(torch.linalg.norm(s[k:]).item(), rel=1e-9)
+    assert torch.linalg.matrix_norm(w - approx, ord=2) == pytest.approx(s[k].item(), rel=1e-9)
+    # the bottom part is exactly what the top part leaves out
+    assert torch.allclose(rank.low_rank(w, rho, "top") + rank.low_rank(w, rho, "bottom"), w, atol=1e-10)
+
+
+def test_rank_convention():
+    assert rank.rank_for(1.0, 576) == 576
+    assert rank.rank_for(0.1, 576) == 57
+    assert rank.rank_for(0.01, 576) == 5
+    assert rank.rank_for(0.001, 576) == 1  # never zero
+    with pytest.raises(ValueError, match=r"rho must be in \(0, 1\]"):
+        rank.rank_for(0.0, 10)
+
+
+def test_rho_one_returns_the_weight_bit_for_bit():
+    model = tiny_model("llama")
+    cache = rank.SVDCache(model)
+    for tau in arch.matrix_types(model):
+        w = arch.weight(model, tau, 2).read()
+        assert torch.equal(cache.approximation(rank.Reduction(tau, 2, 1.0)), w)
+        assert torch.equal(rank.low_rank(w, 1.0), w)
+
+
+@pytest.mark.parametrize("name", ARCH_NAMES)
+def test_reductions_compose_and_restore_bit_for_bit(name):
+    model = tiny_model(name)
+    before = state_hash(model)
+    ids, mask = tiny_batch()
+    from layerlab import runner
+    ref = runner.full_logits(model, ids, mask)
+    reds = [rank.Reduction(t, layer, 0.25) for t in arch.matrix_types(model)[:3] for layer in (0, 3)]
+    cache = rank.SVDCache(model)
+    with rank.reduced(model, reds, cache):
+        assert state_hash(model) != before
+        for r in reds:  # each matrix really holds its rank-k approximation
+            w = arch.weight(model, r.matrix_type, r.layer).read()
+            sv = torch.linalg.svdvals(w.double())
+            k = rank.rank_for(0.25, min(w.shape))
+            assert sv[k:].max() < 1e-5 * sv[0] < sv[k - 1]  # rank k up to float32 round-off
+        assert not torch.allclose(runner.full_logits(model, ids, mask), ref)
+    assert state_hash(model) == before
+    with pytest.raises(RuntimeError):
+        with rank.reduced(model, reds[0], cache):
+            raise RuntimeError("boom")
+    assert state_hash(model) == before
+
+
+def test_the_same_matrix_twice_is_refused():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="two reductions of the same matrix"):
+        with rank.reduced(model, [rank.Reduction("q", 1, 0.5), rank.Reduction("q", 1, 0.1)]):
+            pass
+
+
+def test_grid_validation_names_parameter_and_allowed_values():
+    model = tiny_model("gpt2")
+    with pytest.raises(ValueError, match="matrix_types: 'gate' is not available for gpt2; allowed: q, k, v, o, mlp_in, mlp_out"):
+        rank.validate(model, ["gate"], [0], [0.1])
+    with pytest.raises(ValueError, match=r"layers: 4 out of range; allowed: integers 0..3"):
+        rank.validate(model, ["q"], [4], [0.1])
+    with pytest.raises(ValueError, match=r"rhos: 1.5 is not a rank fraction; allowed: numbers in \(0, 1\]"):
+        rank.validate(model, ["q"], [0], [1.5])
+
+
+class CharTokenizer:
+    """A tiny stand-in tokenizer (one id per character) for tests on tiny random models."""
+    pad_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=True):
+        if isinstance(texts, str):
+            return {"input_ids": [3 + ord(c) % 90 for c in texts]}
+        return {"input_ids": [[1] * add_special_tokens + [3 + ord(c) % 90 for c in t] for t in texts]}
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+def _facts(tmp_path, n=30):
+    f = tmp_path / "facts.jsonl"
+    rng = np.random.default_rng(0)
+    with open(f, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"prompt": "fact " + "".join(rng.choice(list("abcdef"), 5)),
+                                 "answer": "".join(rng.choice(list("xyz"), 1 + i % 3))}) + "\n")
+    return f
+
+
+def test_prefix_sweep_matches_an_independent_full_forward(tmp_path):
+    model = tiny_model("llama")
+    task = laser.build_task(str(_facts(tmp_path)))
+    sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, results.ResultStore(tmp_path / "r"),
+                            max_tokens_per_batch=64)
+    assert len(sweeper.scorer.batches) > 1
+    for red in ([], [rank.Reduction("mlp_in", 2, 0.1)], [rank.Reduction("o", 3, 0.2), rank.Reduction("q", 1, 0.5)]):
+        got = sweeper.per_item(red)
+        with rank.reduced(model, red):  # reference: weights edited, the model's own forward pass
+            ref = laser.item_metrics(task, scoring.score_full(model, sweeper.scorer.batches, len(task.contexts)))
+        np.testing.assert_allclose(got["nll"], ref["nll"], rtol=1e-5)
+        assert (got["correct"] == ref["correct"]).all()
+
+
+def test_sweep_stores_every_point_and_protocol_reports_intervals(tmp_path):
+    model = tiny_model("llama")
+    task = laser.build_task(str(_facts(tmp_path)))
+    store = results.ResultStore(tmp_path / "r")
+    sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, store)
+    table = laser.sweep(sweeper, ["mlp_in", "mlp_out"], [2, 3], [0.1, 0.5], progress=False)
+    assert len(store.keys("laser")) == 1 + 2 * 2 * 2
+    assert set(table["split"]) == {"val", "test"}
+    n_val = table[(table.split == "val") & (table.metric == "acc")]["n_items"].iloc[0]
+    assert n_val == 6  # 20% of 30
+    best = laser.select_best(table)
+    val = table[(table.split == "val") & (table.metric == "acc")]
+    assert val["value"].max() == pytest.approx(
+        val[(val.matrix_type == (best.matrix_type if best else "base"))
+            & (val.layer == (best.layer if best else -1))]["value"].max())
+    report = laser.protocol(sweeper, table)
+    assert report["n_test"] == 24
+    lo, hi = report["base_acc_ci"]
+    assert lo <= report["base_acc"] <= hi
+    diff, dlo, dhi = report["diff_acc"]
+    assert dlo <= diff <= dhi
+    # a second sweeper over the same store recomputes nothing (and never runs the model)
+    again = laser.Sweeper(model, CharTokenizer(), "tiny", task, store)
+    laser.sweep(again, ["mlp_in", "mlp_out"], [2, 3], [0.1, 0.5], progress=False)
+    assert again._scorer is None
+
+
+def test_greedy_only_keeps_improvements(tmp_path):
+    model = tiny_model("llama")
+    task = laser.build_task(str(_facts(tmp_path)))
+    sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, results.ResultStore(tmp_path / "r"))
+    out = laser.greedy(sweeper, ["mlp_in"], [3, 2, 1], [0.1, 0.5], progress=False)
+    accs = out["trace"]["val_acc"].to_numpy()
+    nlls = out["trace"]["val_nll"].to_numpy()
+    for i in range(1, len(accs)):  # each kept step strictly improves (acc, then nll)
+        assert (accs[i], -nlls[i]) > (accs[i - 1], -nlls[i - 1])
+    assert len(out["kept"]) == len(accs) - 1
+    assert [r.layer for r in out["kept"]] == sorted([r.layer for r in out["kept"]], reverse=True)
+
+
+def test_unavailable_and_unknown_datasets_are_refused():
+    with pytest.raises(ValueError, match="datasets: 'bias_in_bios' cannot be run: Bias in Bios"):
+        laser.build_task("bias_in_bios")
+    with pytest.raises(ValueError, match="datasets: unknown 'nope'; allowed: counterfact, hotpotqa"):
+        laser.build_task("nope")
