@@ -91,3 +91,28 @@ def missing(store: ResultStore, technique: str, keys: Iterable[str]) -> list[str
     """The keys among ``keys`` that are not stored yet, in order."""
     have = store.keys(technique)
     return [k for k in keys if k not in have]
+
+
+def record_timing(results_dir: str | os.PathLike, chapter: str, model: str, profile: str, seconds: float,
+                  **extra) -> None:
+    """Append one run's wall time to ``results_dir/timings.jsonl`` (for the book's
+    reproducibility appendix)."""
+    import platform
+    import time
+
+    import torch
+
+    row = {"chapter": chapter, "model": model, "profile": profile, "seconds": round(seconds, 1),
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": torch.get_num_threads(),
+           "machine": platform.machine(), "cpu_count": os.cpu_count(), **extra}
+    path = Path(results_dir) / "timings.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def timings(results_dir: str | os.PathLike) -> pd.DataFrame:
+    path = Path(results_dir) / "timings.jsonl"
+    if not path.exists():
+        return pd.DataFrame(columns=["chapter", "model", "profile", "seconds"])
+    return pd.read_json(path, lines=True)

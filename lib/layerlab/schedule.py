@@ -1,0 +1,191 @@
+"""Layer schedules (Sun et al. 2024, "Transformer Layers as Painters").
+
+A schedule is an explicit sequence of steps over a model's blocks: a block index, or a
+``Parallel`` group of blocks with an iteration count (every block of the group reads the
+same input, their outputs are averaged, and the average is fed back ``iterations``
+times, as in the authors' implementation).
+
+Constructors build the paper's variants from L blocks and N outer blocks kept at each
+end; the middle blocks N..L-N-1 are the ones affected. A schedule runs
+
+* through the layer runner (``runner.run_blocks``): weights shared, the prefix before
+  block N computed once for every variant with the same N;
+* as a model users can call ``generate`` on (``scheduled``): each executed position is a
+  wrapper with its own KV-cache slot and, for Gemma3, the attention type of its block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import arch
+
+VARIANTS = ("skip", "middle_repeat", "reverse", "random", "parallel", "looped_parallel")
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Blocks that read the same input; outputs averaged, repeated ``iterations`` times."""
+
+    blocks: tuple[int, ...]
+    iterations: int = 1
+
+
+Step = int | Parallel
+
+
+def as_runner_steps(steps: Sequence[Step]) -> list:
+    """The schedule in ``runner.run_blocks`` form (ints and (group, iterations) pairs)."""
+    return [s if isinstance(s, int) else (list(s.blocks), s.iterations) for s in steps]
+
+
+def validate(steps: Sequence[Step], n_layers: int) -> None:
+    """Refuse a malformed schedule with a clear message."""
+    for s in steps:
+        blocks = (s,) if isinstance(s, (int, np.integer)) else getattr(s, "blocks", None)
+        if blocks is None:
+            raise ValueError(f"schedule step {s!r} is neither a block index nor a Parallel group")
+        if isinstance(s, Parallel):
+            if len(blocks) == 0:
+                raise ValueError("a Parallel group needs at least one block")
+            if not isinstance(s.iterations, int) or s.iterations < 1:
+                raise ValueError(f"Parallel iterations (k) must be an integer >= 1; got {s.iterations!r}")
+        for b in blocks:
+            if not 0 <= int(b) < n_layers:
+                raise ValueError(f"block index {b} out of range; allowed: 0..{n_layers - 1}")
+
+
+def _middle(n_layers: int, n_outer: int) -> list[int]:
+    if not isinstance(n_outer, int) or not 1 <= n_outer or 2 * n_outer >= n_layers:
+        raise ValueError(f"N (outer blocks kept at each end) must be an integer in 1..{(n_layers - 1) // 2} "
+                         f"for a {n_layers}-block model (at least one middle block); got {n_outer!r}")
+    return list(range(n_outer, n_layers - n_outer))
+
+
+def build(variant: str, n_layers: int, n_outer: int, seed: int = 0, iterations: int = 3) -> list[Step]:
+    """The schedule of a Painters variant.
+
+    skip: the middle blocks are dropped. middle_repeat: the centre middle block runs in
+    place of every middle block. reverse: the middle blocks in reverse order. random: the
+    middle blocks in a seeded random order. parallel: all middle blocks in one parallel
+    group. looped_parallel: that group fed back ``iterations`` times.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: {variant!r} is not one of {', '.join(VARIANTS)}")
+    middle = _middle(n_layers, n_outer)
+    head, tail = list(range(n_outer)), list(range(n_layers - n_outer, n_layers))
+    if variant == "skip":
+        body: list[Step] = []
+    elif variant == "middle_repeat":
+        body = [middle[len(middle) // 2]] * len(middle)
+    elif variant == "reverse":
+        body = middle[::-1]
+    elif variant == "random":
+        body = [int(i) for i in np.random.default_rng(seed).permutation(middle)]
+    elif variant == "parallel":
+        body = [Parallel(tuple(middle), 1)]
+    else:
+        if not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"loop count (k) must be an integer >= 1; got {iterations!r}")
+        body = [Parallel(tuple(middle), iterations)]
+    return head + body + tail
+
+
+def in_order(n_layers: int) -> list[Step]:
+    return list(range(n_layers))
+
+
+def describe(steps: Sequence[Step]) -> str:
+    return " ".join(str(s) if isinstance(s, int) else f"[{','.join(map(str, s.blocks))}]x{s.iterations}"
+                    for s in steps)
+
+
+# ---------------------------------------------------------------------------- as a model
+
+class _Slot(nn.Module):
+    """One executed position of a schedule: runs a shared block with its own KV-cache slot.
+
+    For a member of a parallel group, the group's input is kept in ``group`` (a dict
+    shared by its members): the first member of an iteration records it, every member
+    runs its block on it and adds to the sum, and the last member returns the average.
+    """
+
+    def __init__(self, block: nn.Module, slot: int, group: dict | None = None, first: bool = False,
+                 last: bool = False, size: int = 1):
+        super().__init__()
+        self.block = block  # shared with the original model, not copied
+        self.slot, self.group, self.first, self.last, self.size = slot, group, first, last, size
+
+    def forward(self, hidden_states, *args, **kwargs):
+        owners = [m for m in self.block.modules() if hasattr(m, "layer_idx") and isinstance(m.layer_idx, int)]
+        saved = [m.layer_idx for m in owners]
+        for m in owners:
+            m.layer_idx = self.slot
+        try:
+            if self.group is None:
+                return self.block(hidden_states, *args, **kwargs)
+            if self.first:
+                self.group["input"], self.group["sum"] = hidden_states, None
+            out = self.block(self.group["input"], *args, **kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+            self.group["sum"] = out if self.group["sum"] is None else self.group["sum"] + out
+            if not self.last:
+                return hidden_states  # ignored by the next member, which reads group["input"]
+            return self.group["sum"] / self.size
+        finally:
+            for m, idx in zip(owners, saved):
+                m.layer_idx = idx
+
+
+@contextmanager
+def scheduled(model: nn.Module, steps: Sequence[Step]) -> Iterator[nn.Module]:
+    """Run ``model`` with a schedule for the duration of the block, as a real model:
+    ``model(...)`` and ``model.generate(...)`` work, with one KV-cache slot per executed
+    block position and ``config.layer_types`` following the blocks. Weights are shared;
+    the original block list and config are restored on exit."""
+    old_blocks = arch.blocks(model)
+    validate(steps, len(old_blocks))
+    types = arch.layer_types(model)
+    slots: list[_Slot] = []
+    slot_types: list[str] = []
+    for s in steps:
+        if isinstance(s, (int, np.integer)):
+            slots.append(_Slot(old_blocks[int(s)], len(slots)))
+            slot_types.append(types[int(s)] if types else None)
+            continue
+        for _ in range(s.iterations):
+            group: dict = {}
+            for j, b in enumerate(s.blocks):
+                slots.append(_Slot(old_blocks[b], len(slots), group, first=j == 0, last=j == len(s.blocks) - 1,
+                                   size=len(s.blocks)))
+                slot_types.append(types[b] if types else None)
+    old_n = model.config.num_hidden_layers
+    try:
+        arch.replace_blocks(model, nn.ModuleList(slots))
+        model.config.num_hidden_layers = len(slots)
+        if types is not None:
+            model.config.layer_types = slot_types
+        yield model
+    finally:
+        arch.replace_blocks(model, old_blocks)
+        model.config.num_hidden_layers = old_n
+        if types is not None:
+            model.config.layer_types = types
+
+
+@torch.no_grad()
+def hidden_similarity(states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Cosine similarity between the hidden states of every pair of block boundaries,
+    averaged over real tokens (paper Fig. 3).
+
+    states: [L + 1, batch, seq, d]; mask: [batch, seq]. Returns [L + 1, L + 1].
+    """
+    real = mask.bool()
+    vecs = torch.nn.functional.normalize(states[:, real].double(), dim=-1)  # [L+1, tokens, d]
+    return torch.einsum("atd,btd->ab", vecs, vecs).numpy() / vecs.shape[1]

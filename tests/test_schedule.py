@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from layerlab import arch, runner, schedule
+from layerlab.schedule import Parallel
+from tiny import DECODERS, N_LAYERS, tiny_batch, tiny_model
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_in_order_schedule_reproduces_the_logits_exactly(name):
+    model = tiny_model(name)
+    ids, mask = tiny_batch()
+    ref = runner.full_logits(model, ids, mask)
+    state = runner.capture(model, ids, mask)
+    steps = schedule.as_runner_steps(schedule.in_order(N_LAYERS))
+    got = runner.finish(model, runner.run_blocks(model, state, state.hidden[0], steps))
+    real = mask.bool()
+    assert torch.equal(got[real], ref[real])
+    with schedule.scheduled(model, schedule.in_order(N_LAYERS)):
+        as_model = runner.full_logits(model, ids, mask)
+    assert torch.equal(as_model[real], ref[real])
+
+
+def test_parallel_group_of_one_block_with_one_iteration_is_that_block():
+    model = tiny_model("llama")
+    ids, mask = tiny_batch()
+    state = runner.capture(model, ids, mask)
+    plain = runner.run_blocks(model, state, state.hidden[0], [0, 1, 2, 3])
+    grouped = runner.run_blocks(model, state, state.hidden[0], schedule.as_runner_steps([0, Parallel((1,), 1), 2, 3]))
+    assert torch.equal(plain, grouped)
+
+
+def test_parallel_averages_block_outputs_on_a_shared_input():
+    model = tiny_model("llama")
+    ids, mask = tiny_batch()
+    state = runner.capture(model, ids, mask)
+    h = state.hidden[1]
+    expected = (runner.call_block(model, state, 1, h) + runner.call_block(model, state, 2, h)) / 2
+    expected = (runner.call_block(model, state, 1, expected) + runner.call_block(model, state, 2, expected)) / 2
+    got = runner.run_blocks(model, state, h, [([1, 2], 2)])
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_variants_have_the_papers_shape():
+    assert schedule.build("skip", 10, 3) == [0, 1, 2, 7, 8, 9]
+    assert schedule.build("middle_repeat", 10, 3) == [0, 1, 2, 5, 5, 5, 5, 7, 8, 9]
+    assert schedule.build("reverse", 10, 3) == [0, 1, 2, 6, 5, 4, 3, 7, 8, 9]
+    assert schedule.build("parallel", 10, 3)[3] == Parallel((3, 4, 5, 6), 1)
+    assert schedule.build("looped_parallel", 10, 3, iterations=3)[3] == Parallel((3, 4, 5, 6), 3)
+    r = schedule.build("random", 10, 2, seed=5)
+    assert r == schedule.build("random", 10, 2, seed=5)  # the same seed gives the same order
+    assert sorted(r[2:8]) == list(range(2, 8)) and r[:2] == [0, 1] and r[8:] == [8, 9]
+    assert any(schedule.build("random", 10, 2, seed=s) != r for s in range(6, 12))
+
+
+def test_malformed_schedules_are_refused():
+    with pytest.raises(ValueError, match=r"block index 9 out of range; allowed: 0..3"):
+        schedule.validate([0, 9], 4)
+    with pytest.raises(ValueError, match=r"iterations \(k\) must be an integer >= 1; got 0"):
+        schedule.validate([Parallel((1, 2), 0)], 4)
+    with pytest.raises(ValueError, match=r"N \(outer blocks kept at each end\) must be an integer in 1..4 .* got 5"):
+        schedule.build("skip", 10, 5)
+    with pytest.raises(ValueError, match=r"loop count \(k\) must be an integer >= 1"):
+        schedule.build("looped_parallel", 10, 2, iterations=0)
+    with pytest.raises(ValueError, match="variant: 'shuffle' is not one of skip, middle_repeat"):
+        schedule.build("shuffle", 10, 2)
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("steps", [[0, 2, 2, 1, 3], [0, Parallel((1, 2), 3), 3], [3, 2, 1, 0]])
+def test_scheduled_model_matches_the_runner_and_generates_with_a_correct_cache(name, steps):
+    model = tiny_model(name)
+    ids, mask = tiny_batch()
+    state = runner.capture(model, ids, mask)
+    expected = runner.finish(model, runner.run_blocks(model, state, state.hidden[0], schedule.as_runner_steps(steps)))
+    blocks_before = list(arch.blocks(model))
+    with schedule.scheduled(model, steps):
+        got = runner.full_logits(model, ids, mask)
+        prompt = ids[:1, :8]
+        with torch.no_grad():
+            cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
+            uncached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=0)
+    real = mask.bool()
+    assert (got - expected)[real].abs().max() < 1e-5
+    assert torch.equal(cached, uncached)
+    assert list(arch.blocks(model)) == blocks_before and model.config.num_hidden_layers == N_LAYERS
+
+
+def test_gemma3_slots_follow_their_blocks_types():
+    model = tiny_model("gemma3_text")  # sliding, full, sliding, full
+    with schedule.scheduled(model, [1, 1, Parallel((0, 3), 2)]):
+        assert model.config.layer_types == ["full_attention", "full_attention", "sliding_attention",
+                                            "full_attention", "sliding_attention", "full_attention"]
+    assert model.config.layer_types == ["sliding_attention", "full_attention"] * 2
+
+
+def test_hidden_similarity_is_one_on_the_diagonal():
+    states = torch.randn(5, 2, 6, 8)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    sim = schedule.hidden_similarity(states, mask)
+    assert sim.shape == (5, 5)
+    assert torch.allclose(torch.tensor(sim.diagonal()), torch.ones(5, dtype=torch.float64))
+    a = torch.nn.functional.normalize(states[0][mask.bool()], dim=-1)
+    b = torch.nn.functional.normalize(states[3][mask.bool()], dim=-1)
+    assert sim[0, 3] == pytest.approx(float((a * b).sum(-1).mean()), abs=1e-6)
