@@ -31,6 +31,8 @@ $(STAMP): environment.yml lib/pyproject.toml scripts/env_requirements.py
 	  $(PY) -m pip install -q -r <($(PYTHON) scripts/env_requirements.py); \
 	fi; \
 	$(PY) -m pip install -q --no-deps $$($(PYTHON) scripts/env_requirements.py --no-deps)
+	@# the browser test drives Debian's Chromium (playwright's own browser download needs the network)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "setup: chromium not installed; the browser test will be skipped"; }
 	@touch $(STAMP)
 
 test: setup

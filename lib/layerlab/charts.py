@@ -1,10 +1,14 @@
 """Charts (altair) that render with no network.
 
-``show`` displays a chart as inline SVG rendered by vl-convert (no CDN, no JavaScript),
-so executed notebooks and the built book draw their figures offline.
+``show`` displays a chart as HTML holding a static SVG rendered by vl-convert (no CDN,
+no JavaScript needed) and the Vega-Lite spec; where ``window.vegaEmbed`` exists (the
+book serves vl-convert's own JavaScript bundle from its static files, see
+``write_js_bundle``), a small inline script replaces the SVG by the interactive chart.
 """
 
 from __future__ import annotations
+
+import json
 
 import altair as alt
 import pandas as pd
@@ -12,15 +16,49 @@ import pandas as pd
 alt.data_transformers.disable_max_rows()
 
 
+def spec(chart: alt.TopLevelMixin) -> dict:
+    """The chart's Vega-Lite spec as plain JSON data (NaN and infinities become null,
+    which JSON and Vega accept and altair's own serialisation does not guarantee)."""
+    return json.loads(chart.to_json(), parse_constant=lambda _: None)
+
+
 def svg(chart: alt.TopLevelMixin) -> str:
     import vl_convert as vlc
-    return vlc.vegalite_to_svg(chart.to_json())
+    return vlc.vegalite_to_svg(spec(chart))
+
+
+def html(chart: alt.TopLevelMixin) -> str:
+    """A self-contained HTML fragment: the static SVG, upgraded to an interactive chart
+    when vega-embed is loaded on the page."""
+    import uuid
+
+    chart_id = f"layerlab-chart-{uuid.uuid4().hex[:12]}"
+    payload = json.dumps(spec(chart)).replace("</", "<\\/")
+    return (
+        f'<div class="layerlab-chart" id="{chart_id}">{svg(chart)}</div>\n'
+        f'<script type="application/json" id="{chart_id}-spec">{payload}</script>\n'
+        "<script>(function(){var id=%s;function go(){if(!window.vegaEmbed)return;"
+        "var spec=JSON.parse(document.getElementById(id+'-spec').textContent);"
+        "window.vegaEmbed('#'+id,spec,{actions:false,renderer:'svg'}).catch(function(e){console.warn(e);});}"
+        "if(document.readyState==='loading'){document.addEventListener('DOMContentLoaded',go);}else{go();}})();"
+        "</script>" % json.dumps(chart_id)
+    )
 
 
 def show(chart: alt.TopLevelMixin) -> None:
-    """Display ``chart`` as inline SVG (renders offline in Jupyter and Jupyter Book)."""
-    from IPython.display import SVG, display
-    display(SVG(svg(chart)))
+    """Display ``chart``: interactive in the book, a static SVG anywhere else (offline)."""
+    from IPython.display import display
+
+    display({"text/html": html(chart), "image/svg+xml": svg(chart)}, raw=True)
+
+
+def write_js_bundle(path) -> None:
+    """Write vl-convert's vega + vega-lite + vega-embed bundle (sets window.vegaEmbed)."""
+    import vl_convert as vlc
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(vlc.javascript_bundle(), encoding="utf-8")
 
 
 def rho_curves(points: pd.DataFrame, base_value: float, metric: str, title: str) -> alt.FacetChart:

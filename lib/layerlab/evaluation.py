@@ -215,3 +215,21 @@ def tidy_lm_eval(out: dict, tasks: list[str]) -> pd.DataFrame:
             rows.append({"dataset": t, "metric": label, "value": float(value), "stderr": stderr,
                          "n_items": n, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
+
+
+def evaluate_model(model, tokenizer, tasks: list[str], limit: int | float | None = None,
+                   loss_chunks=None, batch_size: int = 16, data_dir=None, seed: int = 0) -> pd.DataFrame:
+    """lm-eval ``tasks`` plus, if ``loss_chunks`` ([n, T] token ids) is given, the
+    next-token loss normalised by log(vocab) (dataset 'heldout', metric 'loss_norm').
+    Tidy rows: dataset, metric, value, stderr, n_items, ci_low, ci_high."""
+    frames = []
+    if tasks:
+        frames.append(lm_eval(model, tokenizer, tasks, limit=limit, batch_size=batch_size,
+                              data_dir=data_dir, seed=seed)[0])
+    if loss_chunks is not None:
+        from .prune import normalised_loss
+        value, se = normalised_loss(model, loss_chunks)
+        frames.append(pd.DataFrame([{"dataset": "heldout", "metric": "loss_norm", "value": value, "stderr": se,
+                                     "n_items": int(len(loss_chunks)), "ci_low": value - 1.96 * se,
+                                     "ci_high": value + 1.96 * se}]))
+    return pd.concat(frames, ignore_index=True)

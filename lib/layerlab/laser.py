@@ -274,7 +274,7 @@ class Sweeper:
 
     def _describe(self, reductions: list[rank.Reduction]) -> dict:
         one = reductions[0] if len(reductions) == 1 else None
-        return {"model": self.model_name, "technique": TECHNIQUE, "dataset": self.task.name,
+        return {"model": self.model_name, "technique": TECHNIQUE, "dataset": self.task.name, "protocol": self.split_spec,
                 "matrix_type": one.matrix_type if one else ("base" if not reductions else "composed"),
                 "layer": one.layer if one else -1, "rho": one.rho if one else 1.0,
                 "part": one.part if one else "top", "n_reductions": len(reductions),

@@ -265,3 +265,122 @@ def heal(model: nn.Module, train_chunks: torch.Tensor, config: HealConfig, progr
     merged = peft_model.merge_and_unload()
     merged.eval()
     return {"losses": losses, "config": config.as_dict(), "qlora": False, "model": merged}
+
+
+# ---------------------------------------------------------------------------- payoff
+
+_MEASURE = r"""
+import json, sys, time
+import torch
+from transformers import AutoModelForCausalLM
+
+def status(field):  # kB -> MB; VmHWM is this process's own peak (ru_maxrss survives exec)
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+torch.manual_seed(0)
+baseline = status("VmRSS")
+path, n_new = sys.argv[1], int(sys.argv[2])
+model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+ids = torch.randint(10, 1000, (1, 32))
+with torch.no_grad():
+    model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
+    start = time.perf_counter()
+    model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+    seconds = time.perf_counter() - start
+print(json.dumps({"tokens_per_s": n_new / seconds, "peak_rss_mb": status("VmHWM"),
+                  "model_peak_mb": status("VmHWM") - baseline}))
+"""
+
+
+def measure_checkpoint(model: nn.Module, workdir, n_new_tokens: int = 64) -> dict:
+    """What a model costs as a real checkpoint: parameters, safetensors size on disk,
+    and, in a fresh Python process that loads it with plain transformers, its peak RSS
+    (``peak_rss_mb``; ``model_peak_mb`` = peak minus the RSS after imports, i.e. what the
+    model's load and generation add) and greedy generation speed (batch 1, KV cache on,
+    ``n_new_tokens`` tokens)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    workdir = Path(workdir)
+    model.save_pretrained(workdir)
+    size = sum(p.stat().st_size for p in workdir.glob("*.safetensors"))
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(workdir), str(n_new_tokens)],
+                         capture_output=True, text=True, check=True)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"layers": arch.n_layers(model), "parameters": sum(p.numel() for p in model.parameters()),
+            "checkpoint_mb": size / 2**20, **measured}
+
+
+# ---------------------------------------------------------------------------- the curve
+
+PROFILES = ("smoke", "quick", "full")
+METHODS = ("similarity", "deepest")
+
+
+def blocks_for(method: str, distances: np.ndarray, n_layers: int, n: int) -> list[int]:
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
+    if n == 0:
+        return []
+    return similarity_blocks(distances, n) if method == "similarity" else deepest_blocks(n_layers, n)
+
+
+def curve_point(model: nn.Module, tokenizer, model_name: str, store, method: str, n: int, blocks: list[int],
+                tasks: list[str], limit, loss_chunks: torch.Tensor, data_dir=None, seed: int = 0,
+                heal_config: HealConfig | None = None, train_chunks: torch.Tensor | None = None,
+                batch_size: int = 16) -> pd.DataFrame:
+    """Rows for one pruned model (``blocks`` dropped from ``model``; healed with LoRA when
+    ``heal_config`` is given): each lm-eval task and the normalised held-out loss, one
+    stored point per task. Healing runs once, and only if some point is missing."""
+    from . import evaluation, results
+
+    n_layers = arch.n_layers(model)
+    heal_desc = heal_config.as_dict() if heal_config else None
+    base = {"method": method, "n": n, "blocks": blocks, "heal": heal_desc, "limit": limit, "seed": seed}
+    datasets = list(tasks) + ["heldout"]
+    keys = {d: results.point_key(model_name, TECHNIQUE, base | ({"loss_chunks": list(loss_chunks.shape)}
+                                                                 if d == "heldout" else {}), d, "test")
+            for d in datasets}
+    todo = [d for d in datasets if not store.has(TECHNIQUE, keys[d])]
+    if todo:
+        if heal_config is not None:
+            work = pruned_copy(model, blocks)
+            record = heal(work, train_chunks, heal_config)
+            work = record.pop("model")
+            ctx = None
+        else:
+            ctx = dropped(model, blocks)
+            work = ctx.__enter__()
+        try:
+            tasks_todo = [d for d in todo if d != "heldout"]
+            rows = evaluation.evaluate_model(
+                work, tokenizer, tasks_todo, limit=limit,
+                loss_chunks=loss_chunks if "heldout" in todo else None, batch_size=batch_size,
+                data_dir=data_dir, seed=seed)  # one lm-eval call for every missing task
+            rows = rows.assign(model=model_name, technique=TECHNIQUE, split="test", method=method, n=n,
+                               fraction=n / n_layers, n_layers=n_layers, healed=heal_config is not None,
+                               blocks=",".join(map(str, blocks)),
+                               heal_config=None if heal_desc is None else str(heal_desc),
+                               heal_final_loss=None if heal_config is None else float(np.mean(record["losses"][-5:])))
+            for d in todo:
+                store.put(TECHNIQUE, keys[d], rows[rows.dataset == d])
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+    return pd.concat([store.get(TECHNIQUE, keys[d]) for d in datasets], ignore_index=True)
+
+
+def chance_fraction(curve: pd.DataFrame, chance: float) -> float | None:
+    """The smallest fraction pruned at which accuracy is indistinguishable from chance
+    (the 95% interval reaches the chance level) and stays so at every larger fraction;
+    None if it never does. curve: rows with fraction, value, ci_low, ci_high."""
+    c = curve.sort_values("fraction")
+    at_chance = (c["ci_low"] <= chance + 1e-12).to_numpy()
+    for i in range(len(c)):
+        if at_chance[i:].all():
+            return float(c["fraction"].iloc[i])
+    return None

@@ -1,0 +1,123 @@
+"""Build the book: execute each technique notebook for each model of a profile with
+papermill into ``book/executed/``, then build the HTML with Jupyter Book 1.x.
+
+    python -m layerlab.book --profile quick      # what `make book` runs
+
+Results are cached in ``results/<profile>/`` (override with --results-dir), so a second
+build recomputes nothing. A failing notebook stops the build with the failing cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOK = ROOT / "book"
+EXECUTED = BOOK / "executed"
+PROFILES = ("smoke", "quick", "full")
+
+# (technique notebook, model, extra parameters) per profile
+PLANS: dict[str, list[tuple[str, str, dict]]] = {
+    "smoke": [("laser", "smollm2-135m", {}), ("prune", "smollm2-135m", {}),
+              ("painters", "smollm2-135m", {"encoder": "minilm-l6"})],
+    "quick": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}),
+              ("prune", "smollm2-135m", {}), ("prune", "gemma3-270m", {}),
+              ("painters", "smollm2-135m", {"encoder": "minilm-l6"})],
+    "full": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}),
+             ("prune", "smollm2-135m", {}), ("prune", "gemma3-270m", {}),
+             ("painters", "smollm2-135m", {"encoder": "minilm-l6"}), ("painters", "gemma3-270m", {"encoder": ""})],
+}
+CHAPTERS = {"laser": "book/laser", "prune": "book/prune", "painters": "book/painters"}
+
+
+def executed_name(technique: str, model: str) -> str:
+    return f"{technique}-{model.replace('/', '_')}"
+
+
+def toc(profile: str) -> str:
+    """The table of contents for a profile's executed notebooks."""
+    plan = PLANS[profile]
+    lines = ["format: jb-book", "root: book/intro", "parts:", "  - caption: Replications", "    chapters:"]
+    for technique, chapter in CHAPTERS.items():
+        lines.append(f"      - file: {chapter}")
+        runs = [m for t, m, _ in plan if t == technique]
+        if runs:
+            lines.append("        sections:")
+            lines += [f"          - file: book/executed/{executed_name(technique, m)}" for m in runs]
+    lines += ["  - caption: Synthesis", "    chapters:", "      - file: book/comparison",
+              "  - caption: Appendix", "    chapters:", "      - file: book/reproducibility"]
+    return "\n".join(lines) + "\n"
+
+
+def execute(profile: str, results_dir: Path, data_dir: str | None, log=print) -> list[dict]:
+    """Run every notebook of the profile; raise SystemExit naming the failing cell."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    times = []
+    for technique, model, extra in PLANS[profile]:
+        out = EXECUTED / f"{executed_name(technique, model)}.ipynb"
+        params = {"model": model, "profile": profile, "results_dir": str(results_dir), **extra}
+        if data_dir:
+            params["data_dir"] = data_dir
+        log(f"[book] {technique} on {model} ({profile}) -> {out.relative_to(ROOT)}")
+        start = time.time()
+        try:
+            pm.execute_notebook(str(ROOT / "notebooks" / f"{technique}.ipynb"), str(out), parameters=params,
+                                cwd=str(ROOT), progress_bar=False, kernel_name="python3")
+        except PapermillExecutionError as err:
+            raise SystemExit(f"[book] notebook {technique} on {model} failed in cell {err.exec_count}:\n"
+                             f"{err.source}\n{err.ename}: {err.evalue}\n(executed copy with the traceback: {out})")
+        times.append({"technique": technique, "model": model, "seconds": time.time() - start})
+        log(f"[book]   done in {times[-1]['seconds']:.0f} s")
+    return times
+
+
+def build_html(profile: str, results_dir: Path, log=print) -> Path:
+    from .charts import write_js_bundle
+
+    write_js_bundle(BOOK / "_static" / "vega-bundle.js")
+    toc_path = ROOT / "_toc.yml"
+    if profile != "quick" or not toc_path.exists():
+        toc_path = ROOT / "_build" / f"_toc.{profile}.yml"
+        toc_path.parent.mkdir(parents=True, exist_ok=True)
+        toc_path.write_text(toc(profile))
+    env = {**os.environ, "LAYERLAB_RESULTS": str(results_dir), "LAYERLAB_PROFILE": profile}
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(ROOT), "--toc", str(toc_path), "--path-output", str(ROOT)]
+    log("[book] " + " ".join(cmd[2:]))
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0 or "Traceback" in proc.stdout:
+        raise SystemExit(f"[book] jupyter-book build failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+    html = ROOT / "_build" / "html"
+    log(f"[book] built {html / 'index.html'}")
+    return html
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default quick)")
+    parser.add_argument("--results-dir", default=None, help="default: results/<profile>")
+    parser.add_argument("--data-dir", default=None, help="default: $LAYERLAB_DATA or ../shared/data")
+    parser.add_argument("--skip-execute", action="store_true", help="only rebuild the HTML")
+    args = parser.parse_args(argv)
+    if args.profile not in PROFILES:
+        parser.error(f"--profile: {args.profile!r} is not one of {', '.join(PROFILES)}")
+    results_dir = Path(args.results_dir or ROOT / "results" / args.profile).resolve()
+    start = time.time()
+    if not args.skip_execute:
+        from .results import record_timing
+        for t in execute(args.profile, results_dir, args.data_dir):
+            record_timing(results_dir, f"book:{t['technique']}", t["model"], args.profile, t["seconds"])
+    build_html(args.profile, results_dir)
+    print(f"[book] total {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

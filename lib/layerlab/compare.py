@@ -1,0 +1,169 @@
+"""The cross-paper comparison: one layer axis per model with the three papers' lenses
+(the layer-redundancy atlas), and every headline claim with the paper's number, ours,
+an interval and a verdict. Everything is read from the results store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import evaluation, painters, prune, results
+
+
+def atlas(store: results.ResultStore, model: str, n_block: int = 1) -> pd.DataFrame:
+    """Per layer l of ``model`` (rows: layer, lens, value, description):
+
+    laser_gain: the best CounterFact accuracy change (pp, val+test pooled) of any single
+        reduction at layer l; angular_distance: Gromov's d(x_l, x_{l+n}) for n = n_block;
+    skip_cost / swap_cost: normalised loss increase when block l is skipped / swapped with
+        block l + 1 (Painters-style, one layer at a time).
+    """
+    frames = []
+    laser = store.table("laser")
+    if len(laser):
+        cf = laser[(laser.model == model) & (laser.dataset == "counterfact") & (laser.metric == "acc")
+                   & (laser.n_reductions <= 1) & ~laser.protocol.str.endswith("valonly")]
+        cf = cf.assign(w=cf["value"] * cf["n_items"])
+        pooled = cf.groupby(["matrix_type", "layer", "rho"], as_index=False)[["w", "n_items"]].sum()
+        pooled["acc"] = pooled["w"] / pooled["n_items"]
+        base = pooled[pooled.matrix_type == "base"]["acc"]
+        if len(base):
+            gains = pooled[pooled.matrix_type != "base"].groupby("layer", as_index=False)["acc"].max()
+            frames.append(pd.DataFrame({"layer": gains["layer"].astype(int), "lens": "laser_gain",
+                                        "value": 100 * (gains["acc"] - base.iloc[0])}))
+    dist = store.table("prune_distance")
+    if len(dist):
+        d = dist[(dist.model == model) & (dist.n == n_block)]
+        frames.append(pd.DataFrame({"layer": d["layer"].astype(int), "lens": "angular_distance", "value": d["value"]}))
+    sens = store.table("painters_layer")
+    if len(sens):
+        s = sens[sens.model == model]
+        for variant, lens in (("skip", "skip_cost"), ("swap_next", "swap_cost")):
+            part = s[s.variant == variant]
+            frames.append(pd.DataFrame({"layer": part["layer"].astype(int), "lens": lens, "value": part["value"]}))
+    if not frames:
+        return pd.DataFrame(columns=["layer", "lens", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def atlas_correlations(frame: pd.DataFrame) -> pd.DataFrame:
+    """Spearman correlations between the lenses across layers."""
+    wide = frame.pivot_table(index="layer", columns="lens", values="value")
+    return wide.corr(method="spearman")
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("agrees" if ok else "disagrees")
+
+
+def claims(store: results.ResultStore) -> pd.DataFrame:
+    """Every headline claim of the three papers that the stored results can test: one
+    row per (claim, model) with the paper's number, ours, the interval and a verdict."""
+    from . import laser as laser_mod
+
+    rows = []
+    laser = store.table("laser")
+    items = store.table("laser_items")
+    for model in sorted(laser["model"].unique()) if len(laser) else []:
+        for ds, paper_row in (("counterfact", "counterfact"), ("fever", "fever")):
+            t = laser[(laser.model == model) & (laser.dataset == ds)]
+            if not len(t):
+                continue
+            t = t[(t.n_reductions <= 1) & ~t.protocol.str.endswith("valonly")]
+            best = laser_mod.select_best(t)
+            p = laser_mod.PAPER_TABLE1.set_index("dataset").loc[paper_row]
+            it = items[(items.model == model) & (items.dataset == ds)]
+            base_key = t[t.matrix_type == "base"]["key"].iloc[0]
+            if best is None:
+                ours, interval, ok = "no reduction beats the unmodified model on validation", "", False
+            else:
+                sel = t[(t.matrix_type == best.matrix_type) & (t.layer == best.layer) & (t.rho == best.rho)]
+                b_items = it[(it.key == base_key) & (it.split == "test")].sort_values("item")
+                l_items = it[(it.key == sel["key"].iloc[0]) & (it.split == "test")].sort_values("item")
+                d, lo, hi = evaluation.paired_difference(b_items["correct"], l_items["correct"])
+                ours = (f"{100 * b_items['correct'].mean():.1f}% → {100 * l_items['correct'].mean():.1f}% "
+                        f"({best.matrix_type}, layer {best.layer}/{int(t['layer'].max()) + 1}, rho {best.rho})")
+                interval, ok = f"Δ {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]", lo > 0
+            rows.append({"paper": "LASER", "claim": f"a single rank reduction raises {ds} test accuracy",
+                         "paper's number": f"{p.paper_model}: {p.paper_base}% → {p.paper_laser}%",
+                         "model": model, "ours": ours, "interval": interval, "verdict": _verdict(ok)})
+            if ds == "counterfact" and best is not None:
+                late = best.layer >= (t["layer"].max() + 1) / 2 and best.matrix_type in ("mlp_in", "mlp_out", "gate")
+                rows.append({"paper": "LASER", "claim": "the best reduction is in a late-layer MLP matrix",
+                             "paper's number": "GPT-J: U_in at layer 27 of 28", "model": model,
+                             "ours": f"{best.matrix_type} at layer {best.layer}", "interval": "",
+                             "verdict": _verdict(late)})
+    curve = store.table("prune")
+    for model in sorted(curve["model"].unique()) if len(curve) else []:
+        c = curve[(curve.model == model) & (~curve.healed.astype(bool)) & (curve.method == "similarity")]
+        for task in ("mmlu", "boolq", "arc_easy", "hellaswag"):
+            part = c[(c.dataset == task) & (c.metric == "acc")]
+            if not len(part):
+                continue
+            f = prune.chance_fraction(part, evaluation.CHANCE[task])
+            base = part[part.n == 0]
+            base_txt = f"unpruned {100 * base['value'].iloc[0]:.1f}%" if len(base) else ""
+            at_chance_already = len(base) and base["ci_low"].iloc[0] <= evaluation.CHANCE[task]
+            rows.append({"paper": "Gromov", "claim": f"{task} accuracy holds, then falls to chance past a model-dependent fraction",
+                         "paper's number": "MMLU: 45-55% Llama-2, 35% Mistral-7B, 25% Phi-2, 20% Qwen",
+                         "model": model, "ours": f"at chance from fraction {f:.2f}" if f is not None else "never at chance in range",
+                         "interval": base_txt, "verdict": "n/a (at chance unpruned)" if at_chance_already else
+                         _verdict(f is not None and f > 0)})
+        loss = curve[(curve.model == model) & (curve.dataset == "heldout")]
+        healed = loss[loss.healed.astype(bool)]
+        for _, h in healed.iterrows():
+            un = loss[(~loss.healed.astype(bool)) & (loss.method == "similarity") & (loss.n == h.n)]
+            if len(un):
+                rows.append({"paper": "Gromov", "claim": "LoRA healing repairs the loss increase of pruning",
+                             "paper's number": "healed loss close to unpruned", "model": model,
+                             "ours": f"n={int(h.n)}: loss/logV {un['value'].iloc[0]:.3f} → {h.value:.3f}",
+                             "interval": f"± {1.96 * h.stderr:.3f}", "verdict": _verdict(h.value < un['value'].iloc[0])})
+        sim_l = loss[(~loss.healed.astype(bool)) & (loss.method == "similarity") & (loss.n > 0)].set_index("n")["value"]
+        deep_l = loss[loss.method == "deepest"].set_index("n")["value"]
+        common = sim_l.index.intersection(deep_l.index)
+        if len(common):
+            wins = float((sim_l[common] <= deep_l[common]).mean())
+            rows.append({"paper": "Gromov", "claim": "before healing, similarity-based pruning beats the simple heuristic on loss",
+                         "paper's number": "similarity better (Fig. 5)", "model": model,
+                         "ours": f"better at {100 * wins:.0f}% of {len(common)} fractions", "interval": "",
+                         "verdict": _verdict(wins >= 0.5)})
+    dist = store.table("prune_distance")
+    for model in sorted(dist["model"].unique()) if len(dist) else []:
+        d = dist[dist.model == model]
+        n_layers = int(d["layer"].max()) + 1
+        starts = d.loc[d.groupby("n")["value"].idxmin()]
+        deep = float((starts["layer"] + starts["n"] >= n_layers * 0.75).mean())
+        rows.append({"paper": "Gromov", "claim": "the most redundant blocks (min angular distance) sit at the deep end",
+                     "paper's number": "l*(n) + n near the last layer for most n", "model": model,
+                     "ours": f"{100 * deep:.0f}% of n have l*(n) + n in the last quarter", "interval": "",
+                     "verdict": _verdict(deep >= 0.5)})
+    pt = store.table("painters")
+    for model in sorted(pt["model"].unique()) if len(pt) else []:
+        norm = painters.normalise(pt[pt.model == model])
+        med = painters.median_score(norm[norm.dataset != "gsm8k"])
+        for a in sorted(med[med.variant != "base"]["affected"].unique()):
+            m = med[med.affected == a].set_index(["variant", "loops"])["normalised"]
+
+            def val(v, k=1):
+                return float(m.get((v, k), np.nan))
+            scores = {"skip": val("skip"), "middle_repeat": val("middle_repeat"), "reverse": val("reverse"),
+                      "random": val("random"), "parallel": val("parallel"), "looped_parallel": val("looped_parallel", 3)}
+            scores = {k: v for k, v in scores.items() if not np.isnan(v)}
+            if len(scores) < 2:
+                continue
+            worst = min(scores, key=scores.get)
+            rows.append({"paper": "Painters", "claim": "middle repeat is the worst variant", "paper's number": "Fig. 9",
+                         "model": model, "ours": f"{a} layers: worst is {worst} ({scores[worst]:.2f})", "interval": "",
+                         "verdict": _verdict(worst == "middle_repeat")})
+            if {"random", "reverse", "skip"} <= scores.keys():
+                rows.append({"paper": "Painters", "claim": "random order beats reverse, and both beat skip",
+                             "paper's number": "Figs. 6-7", "model": model,
+                             "ours": f"{a} layers: random {scores['random']:.2f}, reverse {scores['reverse']:.2f}, "
+                                     f"skip {scores['skip']:.2f}", "interval": "",
+                             "verdict": _verdict(scores["random"] > scores["reverse"] > scores["skip"])})
+            if {"looped_parallel", "parallel"} <= scores.keys():
+                rows.append({"paper": "Painters", "claim": "looping parallel layers (k=3) beats a single parallel pass",
+                             "paper's number": "Fig. 10", "model": model,
+                             "ours": f"{a} layers: looped {scores['looped_parallel']:.2f} vs parallel {scores['parallel']:.2f}",
+                             "interval": "", "verdict": _verdict(scores["looped_parallel"] > scores["parallel"])})
+    return pd.DataFrame(rows, columns=["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"])
