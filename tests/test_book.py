@@ -23,7 +23,8 @@ def built_book(tmp_path_factory):
 
 
 def _pages(html: Path) -> list[Path]:
-    pages = [p for p in html.rglob("*.html") if not p.name.startswith(("genindex", "search"))]
+    pages = [p for p in html.rglob("*.html")
+             if not p.name.startswith(("genindex", "search")) and "_static" not in p.relative_to(html).parts]
     assert pages
     return pages
 
@@ -38,6 +39,8 @@ def test_smoke_book_has_every_chapter_and_no_remote_scripts(built_book):
         text = page.read_text(encoding="utf-8")
         remote = re.findall(r"<script[^>]+src=\"(https?:[^\"]+)\"", text)
         assert not remote, f"{page.name} loads remote scripts: {remote}"
+        inline = [s for s in re.findall(r"<script[^>]*>(.*?)</script>", text, re.S) if re.search(r"https?://", s)]
+        assert not inline, f"{page.name} has scripts that name remote URLs: {[s[:120] for s in inline]}"
     assert (built_book / "_static" / "vega-bundle.js").stat().st_size > 100_000
 
 

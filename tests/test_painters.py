@@ -40,7 +40,7 @@ def test_normalisation_maps_chance_to_zero_and_base_to_one():
                                      ("random", 1, 0.50, 0.55)):
         for ds, v in (("arc_easy", arc), ("winogrande", wino)):
             rows.append({"variant": variant, "seed": seed, "affected": 0 if variant == "base" else 4, "n_outer": 3,
-                         "loops": 1, "dataset": ds, "metric": "acc", "value": v, "ci_low": v - .1, "ci_high": v + .1,
+                         "loops": 1, "dataset": ds, "metric": "acc", "value": v, "ci_low": v - .04, "ci_high": v + .04,
                          "n_items": 50})
     norm = painters.normalise(pd.DataFrame(rows)).set_index(["variant", "dataset"])
     assert norm.loc[("base", "arc_easy"), "normalised"] == pytest.approx(1.0)
@@ -50,6 +50,10 @@ def test_normalisation_maps_chance_to_zero_and_base_to_one():
     assert norm.loc[("random", "arc_easy"), "seeds"] == 2
     med = painters.median_score(painters.normalise(pd.DataFrame(rows))).set_index("variant")["normalised"]
     assert med["base"] == pytest.approx(1.0)
+    # a benchmark on which the unmodified model is at chance cannot be normalised: it is left out
+    at_chance = pd.DataFrame(rows).assign(ci_low=lambda d: d["value"] - 0.2)
+    assert painters.informative(at_chance) == ["arc_easy"]
+    assert set(painters.normalise(at_chance)["dataset"]) == {"arc_easy"}
 
 
 def test_encoder_features_with_a_shared_prefix_match_a_full_run():

@@ -32,6 +32,9 @@ PLANS: dict[str, list[tuple[str, str, dict]]] = {
              ("prune", "smollm2-135m", {}), ("prune", "gemma3-270m", {}),
              ("painters", "smollm2-135m", {"encoder": "minilm-l6"}), ("painters", "gemma3-270m", {"encoder": ""})],
 }
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+           '<rect x="1" y="2" width="14" height="3" fill="#4c78a8"/><rect x="1" y="7" width="14" height="3" '
+           'fill="#f58518"/><rect x="1" y="12" width="14" height="3" fill="#54a24b"/></svg>')
 CHAPTERS = {"laser": "book/laser", "prune": "book/prune", "painters": "book/painters"}
 
 
@@ -83,13 +86,15 @@ def build_html(profile: str, results_dir: Path, log=print) -> Path:
     from .charts import write_js_bundle
 
     write_js_bundle(BOOK / "_static" / "vega-bundle.js")
+    (BOOK / "_static" / "favicon.svg").write_text(FAVICON, encoding="utf-8")
     toc_path = ROOT / "_toc.yml"
     if profile != "quick" or not toc_path.exists():
         toc_path = ROOT / "_build" / f"_toc.{profile}.yml"
         toc_path.parent.mkdir(parents=True, exist_ok=True)
         toc_path.write_text(toc(profile))
     env = {**os.environ, "LAYERLAB_RESULTS": str(results_dir), "LAYERLAB_PROFILE": profile}
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(ROOT), "--toc", str(toc_path), "--path-output", str(ROOT)]
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--toc", str(toc_path),
+           "--path-output", str(ROOT)]
     log("[book] " + " ".join(cmd[2:]))
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0 or "Traceback" in proc.stdout:

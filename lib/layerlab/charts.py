@@ -33,13 +33,15 @@ def html(chart: alt.TopLevelMixin) -> str:
     import uuid
 
     chart_id = f"layerlab-chart-{uuid.uuid4().hex[:12]}"
-    payload = json.dumps(spec(chart)).replace("</", "<\\/")
+    vl = spec(chart)
+    vl.pop("$schema", None)  # a remote URL the offline page does not need (mode is given below)
+    payload = json.dumps(vl).replace("</", "<\\/")
     return (
         f'<div class="layerlab-chart" id="{chart_id}">{svg(chart)}</div>\n'
         f'<script type="application/json" id="{chart_id}-spec">{payload}</script>\n'
         "<script>(function(){var id=%s;function go(){if(!window.vegaEmbed)return;"
         "var spec=JSON.parse(document.getElementById(id+'-spec').textContent);"
-        "window.vegaEmbed('#'+id,spec,{actions:false,renderer:'svg'}).catch(function(e){console.warn(e);});}"
+        "window.vegaEmbed('#'+id,spec,{actions:false,renderer:'svg',mode:'vega-lite'}).catch(function(e){console.warn(e);});}"
         "if(document.readyState==='loading'){document.addEventListener('DOMContentLoaded',go);}else{go();}})();"
         "</script>" % json.dumps(chart_id)
     )
@@ -58,7 +60,9 @@ def write_js_bundle(path) -> None:
     from pathlib import Path
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(vlc.javascript_bundle(), encoding="utf-8")
+    # in its own scope: the bundle's top-level names (e.g. `_`) would collide with the page's
+    bundle = "(function(){\n" + vlc.javascript_bundle() + "\n})();\n"
+    Path(path).write_text(bundle, encoding="utf-8")
 
 
 def rho_curves(points: pd.DataFrame, base_value: float, metric: str, title: str) -> alt.FacetChart:

@@ -301,8 +301,8 @@ def sweep(sweeper: Sweeper, matrix_types, layers, rhos, progress: bool = True) -
 
 def select_best(table: pd.DataFrame) -> rank.Reduction | None:
     """The best single reduction on the validation split: highest accuracy, ties broken
-    by lower nll. None if nothing beats or ties... the base is a candidate too: returns
-    None when the unmodified model is best."""
+    by lower nll. The unmodified model competes too; None when it is (one of) the best,
+    since it comes first in a stable sort."""
     val = table[table["split"] == "val"]
     wide = val.pivot_table(index=["matrix_type", "layer", "rho"], columns="metric", values="value").reset_index()
     wide = wide.sort_values(["acc", "nll"], ascending=[False, True], kind="stable")

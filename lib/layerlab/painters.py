@@ -90,10 +90,20 @@ def evaluate(model: nn.Module, tokenizer, model_name: str, store: results.Result
     return pd.concat([store.get(TECHNIQUE, keys[t]) for t in tasks], ignore_index=True)
 
 
+def informative(table: pd.DataFrame) -> list[str]:
+    """Benchmarks on which the unmodified model is above chance: its 95% interval
+    excludes the chance level. Only these can be normalised (the paper's normalisation
+    divides by base - chance)."""
+    main = table[(table.variant == "base") & table.apply(lambda r: r["metric"] == MAIN_METRIC.get(r["dataset"]), axis=1)]
+    return [r.dataset for r in main.itertuples() if r.ci_low > evaluation.CHANCE[r.dataset]]
+
+
 def normalise(table: pd.DataFrame) -> pd.DataFrame:
-    """Main-metric rows with ``normalised`` = (value - chance) / (base - chance) per
-    benchmark, and random-order seeds averaged (their spread kept as ``seed_sd``)."""
-    main = table[table.apply(lambda r: r["metric"] == MAIN_METRIC.get(r["dataset"]), axis=1)].copy()
+    """Main-metric rows of the informative benchmarks with ``normalised`` =
+    (value - chance) / (base - chance), random-order seeds averaged (their spread kept
+    as ``seed_sd``)."""
+    keep = informative(table)
+    main = table[table.dataset.isin(keep) & table.apply(lambda r: r["metric"] == MAIN_METRIC.get(r["dataset"]), axis=1)].copy()
     base = main[main.variant == "base"].set_index("dataset")["value"]
     chance = main["dataset"].map(evaluation.CHANCE)
     main["normalised"] = (main["value"] - chance) / (main["dataset"].map(base) - chance)
@@ -119,9 +129,12 @@ def encoder_features(model: nn.Module, tokenizer, texts_a: list[str], texts_b: l
     every spec with the same ``n_outer`` (the prefix is shared)."""
     n_layers = arch.n_layers(model)
     out: dict[Spec, list[np.ndarray]] = {s: [] for s in specs_}
-    for i in range(0, len(texts_a), batch_size):
-        a = texts_a[i:i + batch_size]
-        b = None if texts_b is None or texts_b[0] is None else texts_b[i:i + batch_size]
+    pairs = texts_b is not None and texts_b[0] is not None
+    order = np.argsort([len(a) + (len(b) if pairs else 0) for a, b in zip(texts_a, texts_b or texts_a)], kind="stable")
+    for i in range(0, len(texts_a), batch_size):  # length-sorted batches: little padding
+        idx = order[i:i + batch_size]
+        a = [texts_a[j] for j in idx]
+        b = [texts_b[j] for j in idx] if pairs else None
         enc = tokenizer(a, b, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         state = runner.capture(model, enc.input_ids, enc.attention_mask)
         mask = enc.attention_mask.unsqueeze(-1).float()
@@ -130,7 +143,8 @@ def encoder_features(model: nn.Module, tokenizer, texts_a: list[str], texts_b: l
             steps = schedule.as_runner_steps(s.steps(n_layers))[start:]
             h = runner.run_blocks(model, state, state.hidden[start], steps)
             out[s].append(((h * mask).sum(1) / mask.sum(1)).numpy())
-    return {s: np.concatenate(v) for s, v in out.items()}
+    inverse = np.argsort(order)
+    return {s: np.concatenate(v)[inverse] for s, v in out.items()}
 
 
 def probe(features: np.ndarray, target: np.ndarray, kind: str, train: np.ndarray | None = None,

@@ -1,0 +1,340 @@
+"""Speed and memory of layerlab's sweeps against the naive methods, measured in one run.
+
+    python bench/run.py                 # every row, prints a markdown table, saves bench/results/
+    python bench/run.py --items 100     # smaller LASER workload
+
+Each row runs in its own Python process (so its peak RSS is its own) and reports wall
+seconds. Naive methods that would take hours are timed on a sample of configurations and
+scaled to the full grid; the table says so. All ratios come from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def peak_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------- rows
+
+def laser_setup(n_items: int, model_name: str = "smollm2-135m"):
+    import layerlab
+    from layerlab import laser
+    model, tok = layerlab.load(model_name)
+    task = laser.build_task("counterfact", limit=n_items, seed=0)
+    return model, tok, task
+
+
+def grid_of(model, n_rhos: int = 5):
+    from layerlab import arch, laser
+    rhos = [0.01, 0.05, 0.1, 0.25, 0.5][:n_rhos]
+    return laser.grid(["mlp_in", "mlp_out"], range(arch.n_layers(model)), rhos)
+
+
+def row_laser_layerlab(args) -> dict:
+    """The whole sweep through layerlab (SVD cache, prefix cache, batching, results store)."""
+    import tempfile
+    from layerlab import laser, results
+    model, tok, task = laser_setup(args.items, args.model)
+    grid = grid_of(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        sw = laser.Sweeper(model, tok, args.model, task, results.ResultStore(tmp))
+        for r in [[]] + [[g] for g in grid]:
+            sw.point(r)
+        seconds = time.perf_counter() - start
+        store_bytes = results.ResultStore(tmp).size_bytes()
+        n_points = len(results.ResultStore(tmp).keys("laser"))
+    return {"seconds": seconds, "configs": len(grid), "measured_configs": len(grid), "cache_bytes": store_bytes,
+            "points": n_points}
+
+
+def row_laser_bound(args) -> dict:
+    """Lower bound: only the batched suffix forward passes (prefix captured once, weights
+    edited in place beforehand, no SVD, no scoring, no storage)."""
+    import torch
+    from layerlab import runner, scoring
+    model, tok, task = laser_setup(args.items, args.model)
+    grid = grid_of(model)
+    batches = scoring.encode(tok, task.contexts, task.continuations)
+    scorer = scoring.PrefixScorer(model, batches, len(task.contexts))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for g in grid:
+            for b, state in zip(batches, scorer.states):
+                runner.run_from(model, state, g.layer, positions=b.target_pos)
+    return {"seconds": time.perf_counter() - start, "configs": len(grid), "measured_configs": len(grid)}
+
+
+def _naive(args, batched: bool) -> dict:
+    """The official code's way: for every configuration reload the model, compute a fresh
+    SVD, and run the full forward pass (one item at a time, or batched). Timed on a
+    sample of configurations spread over the layers, scaled to the grid."""
+    import numpy as np
+    import torch
+    import layerlab
+    from layerlab import arch, rank, scoring
+    model, tok, task = laser_setup(args.items, args.model)
+    grid = grid_of(model)
+    sample = [grid[i] for i in np.linspace(0, len(grid) - 1, args.naive_sample).round().astype(int)]
+    start = time.perf_counter()
+    for g in sample:
+        model, tok = layerlab.load(args.model)
+        ref = arch.weight(model, g.matrix_type, g.layer)
+        ref.write(rank.low_rank(ref.read(), g.rho))
+        if batched:
+            batches = scoring.encode(tok, task.contexts, task.continuations)
+            scoring.score_full(model, batches, len(task.contexts))
+        else:
+            with torch.no_grad():
+                for c, t in zip(task.contexts, task.continuations):
+                    b = scoring.encode(tok, [c], [t])
+                    scoring.score_full(model, b, 1)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds * len(grid) / len(sample), "configs": len(grid), "measured_configs": len(sample),
+            "measured_seconds": seconds}
+
+
+def row_laser_naive(args) -> dict:
+    return _naive(args, batched=False)
+
+
+def row_laser_naive_batched(args) -> dict:
+    return _naive(args, batched=True)
+
+
+def _distance_inputs(args):
+    import layerlab
+    from layerlab import data
+    model, tok = layerlab.load(args.model)
+    docs = [r["text"] for r in data.load("c4")][:64]
+    enc = tok(docs, return_tensors="pt", padding=True, truncation=True, max_length=128)
+    return model, [(enc.input_ids[i:i + 16], enc.attention_mask[i:i + 16]) for i in range(0, 64, 16)]
+
+
+def row_distances_one_pass(args) -> dict:
+    from layerlab import prune
+    model, batches = _distance_inputs(args)
+    start = time.perf_counter()
+    prune.angular_distances(prune.last_token_states(model, batches))
+    return {"seconds": time.perf_counter() - start, "configs": 1}
+
+
+def row_distances_per_n(args) -> dict:
+    """How common reimplementations do it: for each n, a forward pass (output_hidden_states)
+    to get x_l and x_{l+n} for every l."""
+    import math
+    import torch
+    from layerlab import arch
+    model, batches = _distance_inputs(args)
+    n_layers = arch.n_layers(model)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for n in range(1, n_layers):
+            for ids, mask in batches:
+                hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+                last = mask.sum(1) - 1
+                rows = torch.arange(ids.shape[0])
+                for layer in range(0, n_layers - n):  # (the final entry is post-norm in HF; kept out)
+                    a, b = hs[layer][rows, last], hs[layer + n][rows, last]
+                    torch.arccos(torch.cosine_similarity(a, b, dim=-1).clamp(-1, 1)).mean() / math.pi
+    return {"seconds": time.perf_counter() - start, "configs": n_layers - 1}
+
+
+def _painters_inputs(args):
+    import layerlab
+    from layerlab import arch, data, painters, scoring
+    model, tok = layerlab.load(args.model)
+    rows = data.load("arc_easy")[: args.painters_items]
+    contexts = [f"Question: {r['query']}\nAnswer:" for r in rows for _ in r["choices"]]
+    conts = [" " + c for r in rows for c in r["choices"]]
+    n_layers = arch.n_layers(model)
+    affected = [a for a in (8, 16, 24) if a < n_layers and (n_layers - a) % 2 == 0] or [2]
+    specs = painters.specs(n_layers, affected, ["skip", "middle_repeat", "reverse", "random", "parallel",
+                                                 "looped_parallel"], [0, 1, 2, 3, 4], [1, 3])
+    return model, scoring.encode(tok, contexts, conts), len(contexts), specs, n_layers
+
+
+def row_painters_shared(args) -> dict:
+    from layerlab import schedule, scoring
+    model, batches, n_rows, specs, n_layers = _painters_inputs(args)
+    start = time.perf_counter()
+    scorer = scoring.PrefixScorer(model, batches, n_rows)  # one capture, prefixes reused
+    for s in specs:
+        first = 0 if s.variant == "base" else s.n_outer
+        scorer.score(first, schedule.as_runner_steps(s.steps(n_layers))[first:])
+    return {"seconds": time.perf_counter() - start, "configs": len(specs)}
+
+
+def row_painters_recomputed(args) -> dict:
+    from layerlab import schedule, scoring
+    model, batches, n_rows, specs, n_layers = _painters_inputs(args)
+    start = time.perf_counter()
+    for s in specs:
+        with schedule.scheduled(model, s.steps(n_layers)):  # the whole scheduled model, every time
+            scoring.score_full(model, batches, n_rows)
+    return {"seconds": time.perf_counter() - start, "configs": len(specs)}
+
+
+def row_svd(args) -> dict:
+    """SVD time of the model's MLP matrices: one per matrix (reused for every rho) vs one per rho."""
+    import torch
+    import layerlab
+    from layerlab import arch, rank
+    model, _ = layerlab.load(args.model)
+    keys = [(t, l) for l in range(arch.n_layers(model)) for t in ("mlp_in", "mlp_out")]
+    start = time.perf_counter()
+    cache = rank.SVDCache(model)
+    for t, l in keys:
+        for rho in (0.01, 0.05, 0.1, 0.25, 0.5):
+            cache.approximation(rank.Reduction(t, l, rho))
+    once = time.perf_counter() - start
+    start = time.perf_counter()
+    for t, l in keys[:6]:
+        w = arch.weight(model, t, l).read()
+        for rho in (0.01, 0.05, 0.1, 0.25, 0.5):
+            rank.low_rank(w, rho)
+    per_rho = (time.perf_counter() - start) * len(keys) / 6
+    return {"seconds": once, "per_rho_seconds": per_rho, "configs": len(keys) * 5}
+
+
+def row_gpu(args) -> dict:
+    """A Llama-2-7B-shaped random model in bf16 on CUDA: SVD time of a 4096x11008 matrix and
+    LASER sweep throughput (configurations per second) through the prefix cache."""
+    import torch
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA GPU"}
+    import transformers as tf
+    from layerlab import rank, runner
+    cfg = tf.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.gpu_layers,
+                         num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+    with torch.device("cuda"):
+        model = tf.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    w = model.model.layers[0].mlp.up_proj.weight.detach().float()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    torch.linalg.svd(w, full_matrices=False)
+    torch.cuda.synchronize()
+    svd_s = time.perf_counter() - start
+    ids = torch.randint(0, 32000, (64, 32), device="cuda")
+    state = runner.capture(model, ids, torch.ones_like(ids))
+    cache = rank.SVDCache(model)
+    n = 0
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for layer in range(args.gpu_layers - 1, -1, -1):
+        for rho in (0.01, 0.1):
+            with rank.reduced(model, rank.Reduction("mlp_in", layer, rho), cache):
+                runner.run_from(model, state, layer, positions=torch.full((64, 1), 31, device="cuda"))
+            n += 1
+    torch.cuda.synchronize()
+    return {"device": torch.cuda.get_device_name(0), "svd_4096x11008_s": svd_s,
+            "configs_per_s": n / (time.perf_counter() - start), "configs": n, "seconds": time.perf_counter() - start}
+
+
+ROWS = {
+    "laser_layerlab": row_laser_layerlab, "laser_bound": row_laser_bound, "laser_naive": row_laser_naive,
+    "laser_naive_batched": row_laser_naive_batched, "svd": row_svd,
+    "distances_one_pass": row_distances_one_pass, "distances_per_n": row_distances_per_n,
+    "painters_shared": row_painters_shared, "painters_recomputed": row_painters_recomputed, "gpu": row_gpu,
+}
+
+
+def run_row(name: str, args) -> dict:
+    """Run one row in a fresh process and return its measurements (+ its peak RSS)."""
+    cmd = [sys.executable, __file__, "--row", name, "--items", str(args.items), "--model", args.model,
+           "--naive-sample", str(args.naive_sample), "--painters-items", str(args.painters_items),
+           "--gpu-layers", str(args.gpu_layers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(res: dict, args) -> str:
+    def s(name):
+        return res.get(name, {}).get("seconds", float("nan"))
+
+    lines = [f"Benchmarks for `{args.model}` on {os.cpu_count()} CPU cores, one run "
+             f"({time.strftime('%Y-%m-%d %H:%M')}). Seconds are wall time; ratios are against layerlab's row.",
+             "", "| sweep | method | seconds | configs (measured) | ratio | peak RSS MB |", "|---|---|---:|---:|---:|---:|"]
+
+    def add(sweep, method, name, ref, note=""):
+        r = res.get(name, {})
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {sweep} | {method} | {r.get('error') or r.get('skipped')} | | | |")
+            return
+        meas = r.get("measured_configs", r.get("configs", ""))
+        cfgs = f"{r.get('configs', '')} ({meas}{note})" if meas != r.get("configs") else f"{r.get('configs', '')}"
+        lines.append(f"| {sweep} | {method} | {s(name):.1f} | {cfgs} | {s(name) / s(ref):.2f}x | {r.get('peak_mb', float('nan')):.0f} |")
+
+    add(f"LASER, {args.items} CounterFact items", "layerlab (SVD cache, prefix cache, batches, store)", "laser_layerlab", "laser_layerlab")
+    add("", "bound: batched suffix passes only", "laser_bound", "laser_layerlab")
+    add("", "naive, one item at a time (reload, fresh SVD, full pass)", "laser_naive", "laser_layerlab", ", scaled")
+    add("", "naive, batched", "laser_naive_batched", "laser_layerlab", ", scaled")
+    add("all (l, n) angular distances, 64 docs", "one pass, every hidden state", "distances_one_pass", "distances_one_pass")
+    add("", "one pass per n", "distances_per_n", "distances_one_pass")
+    add(f"Painters, every variant x N, {args.painters_items} ARC-Easy items", "prefix shared", "painters_shared", "painters_shared")
+    add("", "prefix recomputed (whole scheduled model)", "painters_recomputed", "painters_shared")
+    svd = res.get("svd", {})
+    if "seconds" in svd:
+        lines += ["", f"SVDs of all MLP matrices for 5 rhos: {svd['seconds']:.1f} s with one SVD per matrix vs "
+                  f"{svd['per_rho_seconds']:.1f} s with one per rho (scaled from 6 matrices): "
+                  f"{svd['per_rho_seconds'] / svd['seconds']:.1f}x."]
+    lr = res.get("laser_layerlab", {})
+    if "cache_bytes" in lr:
+        lines.append(f"Results cache: {lr['cache_bytes'] / 1024:.0f} KiB for {lr['points']} points "
+                     f"({lr['cache_bytes'] / 1024 / lr['points'] * 1000 / 1024:.1f} MiB per 1000 points, "
+                     "summary and per-item shards).")
+    gpu = res.get("gpu", {})
+    lines += ["", "GPU (Llama-2-7B-shaped random model, bf16): " + (
+        f"{gpu['device']}: SVD of 4096x11008 {gpu['svd_4096x11008_s']:.2f} s; LASER sweep "
+        f"{gpu['configs_per_s']:.1f} configurations/s" if "device" in gpu else f"skipped ({gpu.get('skipped', gpu.get('error'))})")]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--row", choices=sorted(ROWS), help="(internal) run one row and print JSON")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
+    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--naive-sample", type=int, default=4, help="configurations timed for the naive rows")
+    parser.add_argument("--painters-items", type=int, default=40)
+    parser.add_argument("--gpu-layers", type=int, default=8)
+    args = parser.parse_args()
+    if args.row:
+        out = ROWS[args.row](args)
+        out["peak_mb"] = peak_mb()
+        print(json.dumps(out))
+        return 0
+    res = {}
+    for name in args.rows.split(","):
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        res[name] = run_row(name, args)
+        print(f"[bench]   {res[name]}", file=sys.stderr, flush=True)
+    text = table(res, args)
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"bench-{args.model}.md").write_text(text + "\n")
+    (OUT / f"bench-{args.model}.json").write_text(json.dumps(res, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from layerlab import book, compare, results
+
+
+def _store_with_results(tmp_path):
+    store = results.ResultStore(tmp_path)
+    base = dict(model="m", technique="laser", dataset="counterfact", protocol="p", part="top", reductions="")
+    # base 10% and a mlp_in@3 reduction at 30%, on a 4-layer model; per-item rows for the paired difference
+    for key, (tau, layer, rho, acc) in {"kb": ("base", -1, 1.0, 0.1), "kr": ("mlp_in", 3, 0.01, 0.3),
+                                        "kq": ("q", 0, 0.5, 0.05)}.items():
+        rows = [dict(base, split=s, metric="acc", value=acc, n_items=n, ci_low=0, ci_high=1, matrix_type=tau,
+                     layer=layer, rho=rho, n_reductions=0 if tau == "base" else 1) for s, n in (("val", 20), ("test", 80))]
+        rows += [dict(r, metric="nll", value=3.0) for r in rows]
+        store.put("laser", key, rows)
+        correct = ((np.arange(100) % 20) < acc * 20).astype(float)  # the same rate in val and test
+        store.put("laser_items", key, pd.DataFrame({"item": [f"{i:03d}" for i in range(100)], "correct": correct,
+                                                    "split": ["val"] * 20 + ["test"] * 80}).assign(
+            model="m", technique="laser_items", dataset="counterfact", metric="item", value=correct, n_items=1))
+    dist = [dict(model="m", technique="prune_distance", dataset="c4", split="validation", metric="angular_distance",
+                 value=0.1 * (4 - layer) + n, n_items=8, n=n, layer=layer) for n in range(1, 5) for layer in range(0, 5 - n)]
+    store.put("prune_distance", "d", dist)
+    sens = [dict(model="m", technique="painters_layer", dataset="wikitext2", split="test", metric="delta_loss_norm",
+                 value=0.01 * layer, n_items=100, layer=layer, variant=v) for layer in range(4) for v in ("skip", "swap_next")]
+    store.put("painters_layer", "s", sens)
+    return store
+
+
+def test_atlas_puts_every_lens_on_one_layer_axis(tmp_path):
+    frame = compare.atlas(_store_with_results(tmp_path), "m")
+    lenses = frame.groupby("lens")["layer"].apply(sorted).to_dict()
+    assert set(lenses) == {"laser_gain", "angular_distance", "skip_cost", "swap_cost"}
+    gain = frame[frame.lens == "laser_gain"].set_index("layer")["value"]
+    assert gain[3] == pytest.approx(20.0)  # 30% vs 10%, val and test pooled
+    assert gain[0] == pytest.approx(-5.0)
+    assert compare.atlas_correlations(frame).shape == (4, 4)
+
+
+def test_claims_report_the_paired_difference_and_a_verdict(tmp_path):
+    table = compare.claims(_store_with_results(tmp_path))
+    row = table[table.claim.str.contains("counterfact")].iloc[0]
+    assert "10.0% → 30.0%" in row["ours"] and row["verdict"] == "agrees"
+    assert "+20.0 pp" in row["interval"]
+    late = table[table.claim.str.contains("late-layer MLP")].iloc[0]
+    assert late["verdict"] == "agrees"
+    deep = table[table.claim.str.contains("deep end")].iloc[0]
+    assert deep["verdict"] == "agrees"  # l*(n) = 4 - n: every block ends at the last boundary
+
+
+def test_toc_lists_the_profiles_executed_notebooks():
+    toc = book.toc("smoke")
+    assert "book/executed/laser-smollm2-135m" in toc and "gemma3" not in toc
+    assert "book/executed/prune-gemma3-270m" in book.toc("quick")
+    with open(book.ROOT / "_toc.yml") as f:
+        committed = f.read()
+    assert book.toc("quick") in committed  # the committed TOC is the quick profile's
+
+
+def test_a_failing_notebook_stops_the_build_and_names_the_cell(tmp_path, monkeypatch):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("model = 'x'\nprofile = 'smoke'\nresults_dir = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 1\nraise ValueError('broken on purpose')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "laser.ipynb")
+    monkeypatch.setattr(book, "ROOT", tmp_path)
+    monkeypatch.setattr(book, "EXECUTED", tmp_path / "book" / "executed")
+    monkeypatch.setitem(book.PLANS, "smoke", [("laser", "smollm2-135m", {})])
+    with pytest.raises(SystemExit) as err:
+        book.execute("smoke", tmp_path / "r", None, log=lambda *_: None)
+    msg = str(err.value)
+    assert "laser on smollm2-135m failed" in msg and "raise ValueError('broken on purpose')" in msg
+    assert "ValueError: broken on purpose" in msg
