@@ -94,8 +94,14 @@ def informative(table: pd.DataFrame) -> list[str]:
     """Benchmarks on which the unmodified model is above chance: its 95% interval
     excludes the chance level. Only these can be normalised (the paper's normalisation
     divides by base - chance)."""
-    main = table[(table.variant == "base") & table.apply(lambda r: r["metric"] == MAIN_METRIC.get(r["dataset"]), axis=1)]
-    return [r.dataset for r in main.itertuples() if r.ci_low > evaluation.CHANCE[r.dataset]]
+    base = main_rows(table)
+    base = base[base.variant == "base"]
+    return [r.dataset for r in base.itertuples() if r.ci_low > evaluation.CHANCE[r.dataset]]
+
+
+def main_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each benchmark's main metric (MAIN_METRIC)."""
+    return table[table["metric"] == table["dataset"].map(MAIN_METRIC)]
 
 
 def normalise(table: pd.DataFrame) -> pd.DataFrame:
@@ -103,7 +109,8 @@ def normalise(table: pd.DataFrame) -> pd.DataFrame:
     (value - chance) / (base - chance), random-order seeds averaged (their spread kept
     as ``seed_sd``)."""
     keep = informative(table)
-    main = table[table.dataset.isin(keep) & table.apply(lambda r: r["metric"] == MAIN_METRIC.get(r["dataset"]), axis=1)].copy()
+    main = main_rows(table)
+    main = main[main.dataset.isin(keep)].copy()
     base = main[main.variant == "base"].set_index("dataset")["value"]
     chance = main["dataset"].map(evaluation.CHANCE)
     main["normalised"] = (main["value"] - chance) / (main["dataset"].map(base) - chance)

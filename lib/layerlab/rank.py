@@ -84,20 +84,22 @@ class SVDCache:
         if r.part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}; got {r.part!r}")
         w = self.original(r.matrix_type, r.layer)
-        k = rank_for(r.rho, min(w.shape))
-        if k == min(w.shape):
-            return w.clone() if r.part == "top" else torch.zeros_like(w)
-        u, s, vh = self.svd(r.matrix_type, r.layer)
-        keep = slice(0, k) if r.part == "top" else slice(k, None)
-        return ((u[:, keep] * s[keep]) @ vh[keep]).to(w.dtype)
+        return _approximate(w, r.rho, r.part, lambda: self.svd(r.matrix_type, r.layer))
 
 
 def low_rank(w: torch.Tensor, rho: float, part: str = "top") -> torch.Tensor:
     """Rank reduction of a single matrix [out, in] (no cache); see module docstring."""
+    return _approximate(w, rho, part, lambda: torch.linalg.svd(
+        w.to(torch.promote_types(w.dtype, torch.float32)), full_matrices=False))
+
+
+def _approximate(w: torch.Tensor, rho: float, part: str, svd) -> torch.Tensor:
+    """The top-k part of W (or the rest, part='bottom'); ``svd()`` is called only when
+    k < max rank, so rho = 1 returns W itself without any SVD."""
     k = rank_for(rho, min(w.shape))
     if k == min(w.shape):
         return w.clone() if part == "top" else torch.zeros_like(w)
-    u, s, vh = torch.linalg.svd(w.to(torch.promote_types(w.dtype, torch.float32)), full_matrices=False)
+    u, s, vh = svd()
     keep = slice(0, k) if part == "top" else slice(k, None)
     return ((u[:, keep] * s[keep]) @ vh[keep]).to(w.dtype)
 
