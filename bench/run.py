@@ -65,20 +65,30 @@ def row_laser_layerlab(args) -> dict:
 
 
 def row_laser_bound(args) -> dict:
-    """Lower bound: only the batched suffix forward passes (prefix captured once, weights
-    edited in place beforehand, no SVD, no scoring, no storage)."""
+    """Lower bound: only the batched suffix forward passes (prefix captured once, no weight
+    edit, no SVD, no scoring, no storage). A suffix pass costs the same for every matrix
+    type and rho at a layer, so each start layer is timed twice and the mean is scaled by
+    the number of configurations starting there."""
+    import collections
     import torch
     from layerlab import runner, scoring
     model, tok, task = laser_setup(args.items, args.model)
     grid = grid_of(model)
+    per_layer = collections.Counter(g.layer for g in grid)
     batches = scoring.encode(tok, task.contexts, task.continuations)
     scorer = scoring.PrefixScorer(model, batches, len(task.contexts))
-    start = time.perf_counter()
+    total, measured, passes = 0.0, 0.0, 0
     with torch.no_grad():
-        for g in grid:
-            for b, state in zip(batches, scorer.states):
-                runner.run_from(model, state, g.layer, positions=b.target_pos)
-    return {"seconds": time.perf_counter() - start, "configs": len(grid), "measured_configs": len(grid)}
+        for layer, count in per_layer.items():
+            start = time.perf_counter()
+            for _ in range(2):
+                for b, state in zip(batches, scorer.states):
+                    runner.run_from(model, state, layer, positions=b.target_pos)
+            took = time.perf_counter() - start
+            measured += took
+            passes += 2
+            total += took / 2 * count
+    return {"seconds": total, "configs": len(grid), "measured_configs": passes, "measured_seconds": measured}
 
 
 def _naive(args, batched: bool) -> dict:
@@ -247,11 +257,60 @@ def row_gpu(args) -> dict:
             "configs_per_s": n / (time.perf_counter() - start), "configs": n, "seconds": time.perf_counter() - start}
 
 
+def row_scaling(args) -> dict:
+    """How the sweeps grow with items, start layer and grid size, per model: seconds per
+    LASER configuration (SVD already cached) at three start layers and three item counts,
+    the SVDs of all MLP matrices, and the one-pass distances at two document counts. The
+    full-grid estimate fits time = a + b * (blocks run) and sums it over the layers x 2
+    matrix types x 5 rhos grid, plus the SVDs."""
+    import tempfile
+    import numpy as np
+    import layerlab
+    from layerlab import arch, data, laser, prune, rank, results
+    out = []
+    docs_all = [r["text"] for r in data.load("c4")][:64]
+    for name in args.scaling_models.split(","):
+        model, tok = layerlab.load(name)
+        n_layers = arch.n_layers(model)
+        svd = rank.SVDCache(model)
+        start = time.perf_counter()
+        for layer in range(n_layers):
+            for t in ("mlp_in", "mlp_out"):
+                svd.approximation(rank.Reduction(t, layer, 0.01))
+        svd_s = time.perf_counter() - start
+        starts = [0, n_layers // 2, n_layers - 1]
+        for items in (25, 50, 100):
+            task = laser.build_task("counterfact", limit=items, seed=0)
+            with tempfile.TemporaryDirectory() as tmp:
+                sw = laser.Sweeper(model, tok, name, task, results.ResultStore(tmp), svd=svd)
+                sw.scorer  # capture outside the timings
+                per = []
+                for layer in starts:
+                    t0 = time.perf_counter()
+                    for t in ("mlp_in", "mlp_out"):
+                        sw.point([rank.Reduction(t, layer, 0.05)])
+                    per.append((time.perf_counter() - t0) / 2)
+            run = np.array([n_layers - s for s in starts], dtype=float)
+            b, a = np.polyfit(run, per, 1)
+            grid_s = sum(a + b * (n_layers - layer) for layer in range(n_layers)) * 10 + svd_s
+            out.append({"model": name, "layers": n_layers, "items": items,
+                        "per_config_s": dict(zip([f"l={s}" for s in starts], per)),
+                        "grid_configs": n_layers * 10, "grid_estimate_s": grid_s, "svd_all_mlp_s": svd_s})
+        for n_docs in (32, 64):
+            enc = tok(docs_all[:n_docs], return_tensors="pt", padding=True, truncation=True, max_length=128)
+            batches = [(enc.input_ids[i:i + 16], enc.attention_mask[i:i + 16]) for i in range(0, n_docs, 16)]
+            t0 = time.perf_counter()
+            prune.angular_distances(prune.last_token_states(model, batches))
+            out[-1].setdefault("distances_s", {})[n_docs] = time.perf_counter() - t0
+        del model
+    return {"rows": out, "seconds": 0.0}
+
+
 ROWS = {
     "laser_layerlab": row_laser_layerlab, "laser_bound": row_laser_bound, "laser_naive": row_laser_naive,
     "laser_naive_batched": row_laser_naive_batched, "svd": row_svd,
     "distances_one_pass": row_distances_one_pass, "distances_per_n": row_distances_per_n,
-    "painters_shared": row_painters_shared, "painters_recomputed": row_painters_recomputed, "gpu": row_gpu,
+    "painters_shared": row_painters_shared, "painters_recomputed": row_painters_recomputed, "scaling": row_scaling, "gpu": row_gpu,
 }
 
 
@@ -259,7 +318,8 @@ def run_row(name: str, args) -> dict:
     """Run one row in a fresh process and return its measurements (+ its peak RSS)."""
     cmd = [sys.executable, __file__, "--row", name, "--items", str(args.items), "--model", args.model,
            "--naive-sample", str(args.naive_sample), "--painters-items", str(args.painters_items),
-           "--gpu-layers", str(args.gpu_layers)]
+           "--gpu-layers", str(args.gpu_layers),
+           "--scaling-models", args.scaling_models]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -284,7 +344,7 @@ def table(res: dict, args) -> str:
         lines.append(f"| {sweep} | {method} | {s(name):.1f} | {cfgs} | {s(name) / s(ref):.2f}x | {r.get('peak_mb', float('nan')):.0f} |")
 
     add(f"LASER, {args.items} CounterFact items", "layerlab (SVD cache, prefix cache, batches, store)", "laser_layerlab", "laser_layerlab")
-    add("", "bound: batched suffix passes only", "laser_bound", "laser_layerlab")
+    add("", "bound: batched suffix passes only", "laser_bound", "laser_layerlab", ", scaled by layer")
     add("", "naive, one item at a time (reload, fresh SVD, full pass)", "laser_naive", "laser_layerlab", ", scaled")
     add("", "naive, batched", "laser_naive_batched", "laser_layerlab", ", scaled")
     add("all (l, n) angular distances, 64 docs", "one pass, every hidden state", "distances_one_pass", "distances_one_pass")
@@ -301,6 +361,21 @@ def table(res: dict, args) -> str:
         lines.append(f"Results cache: {lr['cache_bytes'] / 1024:.0f} KiB for {lr['points']} points "
                      f"({lr['cache_bytes'] / 1024 / lr['points'] * 1000 / 1024:.1f} MiB per 1000 points, "
                      "summary and per-item shards).")
+    sc = res.get("scaling", {})
+    if "rows" in sc:
+        lines += ["", "Scaling: seconds per LASER configuration (SVD cached) by CounterFact items and start layer "
+                  "(blocks run = layers - l), and the full all-layers x {mlp_in, mlp_out} x 5 rhos grid it implies "
+                  "(a + b * blocks run, fitted to the three start layers, summed, plus the SVDs). Distances: one "
+                  "pass with every hidden state, 128-token documents.", "",
+                  "| model | layers | items | s/config at l = 0, L/2, L-1 | grid configs | grid estimate s | "
+                  "SVD all MLP s | distances s (32 / 64 docs) |", "|---|---:|---:|---|---:|---:|---:|---|"]
+        for r in sc["rows"]:
+            per = " / ".join(f"{v:.2f}" for v in r["per_config_s"].values())
+            dist = " / ".join(f"{v:.1f}" for v in r["distances_s"].values()) if "distances_s" in r else ""
+            lines.append(f"| {r['model']} | {r['layers']} | {r['items']} | {per} | {r['grid_configs']} | "
+                         f"{r['grid_estimate_s']:.0f} | {r['svd_all_mlp_s']:.1f} | {dist} |")
+    elif "error" in sc:
+        lines += ["", f"Scaling: {sc['error']}"]
     gpu = res.get("gpu", {})
     lines += ["", "GPU (Llama-2-7B-shaped random model, bf16): " + (
         f"{gpu['device']}: SVD of 4096x11008 {gpu['svd_4096x11008_s']:.2f} s; LASER sweep "
@@ -317,6 +392,7 @@ def main() -> int:
     parser.add_argument("--naive-sample", type=int, default=4, help="configurations timed for the naive rows")
     parser.add_argument("--painters-items", type=int, default=40)
     parser.add_argument("--gpu-layers", type=int, default=8)
+    parser.add_argument("--scaling-models", default="smollm2-135m,gemma3-270m")
     args = parser.parse_args()
     if args.row:
         out = ROWS[args.row](args)

@@ -212,8 +212,9 @@ def normalised_loss(model: nn.Module, chunks: torch.Tensor, batch_size: int = 8)
 @dataclass
 class HealConfig:
     """LoRA healing, as in the paper: adapters on the MLP only, dropout 0.05,
-    alpha = rank, cosine schedule with linear warm-up. QLoRA (4-bit base) only where a
-    CUDA GPU and bitsandbytes are present; plain LoRA otherwise."""
+    alpha = rank, cosine schedule with linear warm-up. Always plain LoRA in the model's
+    own precision: the paper's QLoRA (4-bit base) is not implemented, as no CUDA GPU was
+    available to test it."""
 
     rank: int = 8
     steps: int = 100
@@ -238,7 +239,7 @@ def heal(model: nn.Module, train_chunks: torch.Tensor, config: HealConfig, progr
     """Train LoRA adapters on the MLPs of ``model`` (in place) and merge them.
 
     train_chunks: [n, seq_len] token ids. Returns the training record (loss per step,
-    hyperparameters, whether QLoRA was used)."""
+    hyperparameters, and ``qlora``: always False, see HealConfig)."""
     from peft import LoraConfig, get_peft_model
     from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
