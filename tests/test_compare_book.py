@@ -10,10 +10,12 @@ def _store_with_results(tmp_path):
     store = results.ResultStore(tmp_path)
     base = dict(model="m", technique="laser", dataset="counterfact", protocol="p", part="top", reductions="")
     # base 10% and a mlp_in@3 reduction at 30%, on a 4-layer model; per-item rows for the paired difference
+    # and a greedy composition of two reductions at 40%
     for key, (tau, layer, rho, acc) in {"kb": ("base", -1, 1.0, 0.1), "kr": ("mlp_in", 3, 0.01, 0.3),
-                                        "kq": ("q", 0, 0.5, 0.05)}.items():
+                                        "kq": ("q", 0, 0.5, 0.05), "kg": ("mlp_in", 2, 0.01, 0.4)}.items():
+        n_red = {"kb": 0, "kg": 2}.get(key, 1)
         rows = [dict(base, split=s, metric="acc", value=acc, n_items=n, ci_low=0, ci_high=1, matrix_type=tau,
-                     layer=layer, rho=rho, n_reductions=0 if tau == "base" else 1) for s, n in (("val", 20), ("test", 80))]
+                     layer=layer, rho=rho, n_reductions=n_red) for s, n in (("val", 20), ("test", 80))]
         rows += [dict(r, metric="nll", value=3.0) for r in rows]
         store.put("laser", key, rows)
         correct = ((np.arange(100) % 20) < acc * 20).astype(float)  # the same rate in val and test
@@ -48,6 +50,17 @@ def test_claims_report_the_paired_difference_and_a_verdict(tmp_path):
     assert late["verdict"] == "agrees"
     deep = table[table.claim.str.contains("deep end")].iloc[0]
     assert deep["verdict"] == "agrees"  # l*(n) = 4 - n: every block ends at the last boundary
+    greedy = table[table.claim.str.contains("composing")].iloc[0]
+    assert "10.0% → 40.0% (2 reductions)" in greedy["ours"] and greedy["verdict"] == "agrees"
+    assert "+30.0 pp" in greedy["interval"]
+
+
+def test_deep_end_share_counts_blocks_whose_centre_is_in_the_deeper_half():
+    from layerlab import prune
+    deep = pd.DataFrame({"n": [1, 2, 3, 4, 6], "l*": [8, 7, 0, 6, 0]})  # 10 layers; n = 6 > 10 // 2 is left out
+    assert prune.deep_end_share(deep, 10) == pytest.approx(3 / 4)  # centres 8.5, 8, 1.5, 8
+    shallow = pd.DataFrame({"n": [1, 2], "l*": [0, 1]})
+    assert prune.deep_end_share(shallow, 10) == 0.0
 
 
 def test_toc_lists_the_profiles_executed_notebooks():

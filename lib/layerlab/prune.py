@@ -207,6 +207,15 @@ def normalised_loss(model: nn.Module, chunks: torch.Tensor, batch_size: int = 8)
     return float(per.mean()), se
 
 
+def deep_end_share(best: pd.DataFrame, n_layers: int) -> float:
+    """Share of block sizes n = 1..n_layers // 2 whose most similar block lies in the
+    deeper half (its centre l*(n) + n/2 at or past n_layers / 2); the paper finds that it
+    does for most n. best: one row per n with columns ``n`` and ``l*``. Larger n are left
+    out: a block of more than half the layers always reaches the deeper half."""
+    sub = best[(best["n"] >= 1) & (best["n"] <= n_layers // 2)]
+    return float(((sub["l*"] + sub["n"] / 2) >= n_layers / 2).mean()) if len(sub) else float("nan")
+
+
 # ---------------------------------------------------------------------------- healing
 
 @dataclass
