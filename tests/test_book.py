@@ -17,9 +17,21 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory):
+    """The smoke book, built from a copy of the book's sources so that the test never
+    overwrites the quick book a user built with `make book`."""
     results_dir = tmp_path_factory.mktemp("book-results")
-    assert book.main(["--profile", "smoke", "--results-dir", str(results_dir)]) == 0
-    return ROOT / "_build" / "html"
+    root = tmp_path_factory.mktemp("book-root")
+    for name in ("_config.yml", "_toc.yml", "book", "notebooks"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("executed", "_static"))
+        else:
+            shutil.copy(ROOT / name, root / name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(book, "ROOT", root)
+        mp.setattr(book, "BOOK", root / "book")
+        mp.setattr(book, "EXECUTED", root / "book" / "executed")
+        assert book.main(["--profile", "smoke", "--results-dir", str(results_dir)]) == 0
+    return root / "_build" / "html"
 
 
 def _pages(html: Path) -> list[Path]:
