@@ -128,13 +128,18 @@ def row_laser_naive_batched(args) -> dict:
     return _naive(args, batched=True)
 
 
+def _doc_batches(tok, n_docs: int = 64) -> list[tuple]:
+    """The first n_docs C4 documents, 128 tokens, in (input_ids, attention_mask) batches of 16."""
+    from layerlab import data
+    docs = [r["text"] for r in data.load("c4")][:n_docs]
+    enc = tok(docs, return_tensors="pt", padding=True, truncation=True, max_length=128)
+    return [(enc.input_ids[i:i + 16], enc.attention_mask[i:i + 16]) for i in range(0, n_docs, 16)]
+
+
 def _distance_inputs(args):
     import layerlab
-    from layerlab import data
     model, tok = layerlab.load(args.model)
-    docs = [r["text"] for r in data.load("c4")][:64]
-    enc = tok(docs, return_tensors="pt", padding=True, truncation=True, max_length=128)
-    return model, [(enc.input_ids[i:i + 16], enc.attention_mask[i:i + 16]) for i in range(0, 64, 16)]
+    return model, _doc_batches(tok)
 
 
 def row_distances_one_pass(args) -> dict:
@@ -266,9 +271,8 @@ def row_scaling(args) -> dict:
     import tempfile
     import numpy as np
     import layerlab
-    from layerlab import arch, data, laser, prune, rank, results
+    from layerlab import arch, laser, prune, rank, results
     out = []
-    docs_all = [r["text"] for r in data.load("c4")][:64]
     for name in args.scaling_models.split(","):
         model, tok = layerlab.load(name)
         n_layers = arch.n_layers(model)
@@ -297,8 +301,7 @@ def row_scaling(args) -> dict:
                         "per_config_s": dict(zip([f"l={s}" for s in starts], per)),
                         "grid_configs": n_layers * 10, "grid_estimate_s": grid_s, "svd_all_mlp_s": svd_s})
         for n_docs in (32, 64):
-            enc = tok(docs_all[:n_docs], return_tensors="pt", padding=True, truncation=True, max_length=128)
-            batches = [(enc.input_ids[i:i + 16], enc.attention_mask[i:i + 16]) for i in range(0, n_docs, 16)]
+            batches = _doc_batches(tok, n_docs)
             t0 = time.perf_counter()
             prune.angular_distances(prune.last_token_states(model, batches))
             out[-1].setdefault("distances_s", {})[n_docs] = time.perf_counter() - t0

@@ -56,6 +56,18 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("agrees" if ok else "disagrees")
 
 
+def _test_items(items: pd.DataFrame, key: str) -> pd.Series:
+    """Per-item correctness (0/1) of one stored LASER point, in item order."""
+    return items[items.key == key].sort_values("item")["correct"]
+
+
+def _paired_change(base: pd.Series, changed: pd.Series) -> tuple[str, str, bool]:
+    """'a% → b%', the paired difference with its 95% interval, and whether it excludes 0."""
+    d, lo, hi = evaluation.paired_difference(base, changed)
+    return (f"{100 * base.mean():.1f}% → {100 * changed.mean():.1f}%",
+            f"Δ {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]", lo > 0)
+
+
 def claims(store: results.ResultStore) -> pd.DataFrame:
     """Every headline claim of the three papers that the stored results can test: one
     row per (claim, model) with the paper's number, ours, the interval and a verdict."""
@@ -72,35 +84,28 @@ def claims(store: results.ResultStore) -> pd.DataFrame:
             t = t[(t.n_reductions <= 1) & ~t.protocol.str.endswith("valonly")]
             best = laser_mod.select_best(t)
             p = laser_mod.PAPER_TABLE1.set_index("dataset").loc[paper_row]
-            it = items[(items.model == model) & (items.dataset == ds)]
-            base_key = t[t.matrix_type == "base"]["key"].iloc[0]
+            it = items[(items.model == model) & (items.dataset == ds) & (items.split == "test")]
+            base_items = _test_items(it, t[t.matrix_type == "base"]["key"].iloc[0])
             if best is None:
                 ours, interval, ok = "no reduction beats the unmodified model on validation", "", False
             else:
                 sel = t[(t.matrix_type == best.matrix_type) & (t.layer == best.layer) & (t.rho == best.rho)]
-                b_items = it[(it.key == base_key) & (it.split == "test")].sort_values("item")
-                l_items = it[(it.key == sel["key"].iloc[0]) & (it.split == "test")].sort_values("item")
-                d, lo, hi = evaluation.paired_difference(b_items["correct"], l_items["correct"])
-                ours = (f"{100 * b_items['correct'].mean():.1f}% → {100 * l_items['correct'].mean():.1f}% "
-                        f"({best.matrix_type}, layer {best.layer}/{int(t['layer'].max()) + 1}, rho {best.rho})")
-                interval, ok = f"Δ {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]", lo > 0
+                change, interval, ok = _paired_change(base_items, _test_items(it, sel["key"].iloc[0]))
+                ours = f"{change} ({best.matrix_type}, layer {best.layer}/{int(t['layer'].max()) + 1}, rho {best.rho})"
             rows.append({"paper": "LASER", "claim": f"a single rank reduction raises {ds} test accuracy",
                          "paper's number": f"{p.paper_model}: {p.paper_base}% → {p.paper_laser}%",
                          "model": model, "ours": ours, "interval": interval, "verdict": _verdict(ok)})
             composed = laser[(laser.model == model) & (laser.dataset == ds) & (laser.n_reductions > 1)
-                                     & ~laser.protocol.str.endswith("valonly")]
+                             & ~laser.protocol.str.endswith("valonly")]
             if ds == "counterfact" and len(composed):
                 # the greedy composition's final point (its candidates are stored as valonly points)
                 n_red = int(composed["n_reductions"].max())
                 key = composed[composed.n_reductions == n_red]["key"].iloc[0]
-                b_items = it[(it.key == base_key) & (it.split == "test")].sort_values("item")
-                g_items = it[(it.key == key) & (it.split == "test")].sort_values("item")
-                d, lo, hi = evaluation.paired_difference(b_items["correct"], g_items["correct"])
+                change, interval, ok = _paired_change(base_items, _test_items(it, key))
                 rows.append({"paper": "LASER", "claim": "composing reductions across layers (greedy) raises counterfact test accuracy",
                              "paper's number": "GPT-J: further gains over the best single reduction (Sec. 5.1)",
-                             "model": model, "ours": f"{100 * b_items['correct'].mean():.1f}% → "
-                             f"{100 * g_items['correct'].mean():.1f}% ({n_red} reductions)",
-                             "interval": f"Δ {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]", "verdict": _verdict(lo > 0)})
+                             "model": model, "ours": f"{change} ({n_red} reductions)", "interval": interval,
+                             "verdict": _verdict(ok)})
             if ds == "counterfact" and best is not None:
                 late = best.layer >= (t["layer"].max() + 1) / 2 and best.matrix_type in ("mlp_in", "mlp_out", "gate")
                 rows.append({"paper": "LASER", "claim": "the best reduction is in a late-layer MLP matrix",
