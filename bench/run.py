@@ -130,10 +130,8 @@ def row_laser_naive_batched(args) -> dict:
 
 def _doc_batches(tok, n_docs: int = 64) -> list[tuple]:
     """The first n_docs C4 documents, 128 tokens, in (input_ids, attention_mask) batches of 16."""
-    from layerlab import data
-    docs = [r["text"] for r in data.load("c4")][:n_docs]
-    enc = tok(docs, return_tensors="pt", padding=True, truncation=True, max_length=128)
-    return [(enc.input_ids[i:i + 16], enc.attention_mask[i:i + 16]) for i in range(0, n_docs, 16)]
+    from layerlab import data, prune
+    return prune.text_batches(tok, [r["text"] for r in data.load("c4")][:n_docs], max_length=128)
 
 
 def _distance_inputs(args):

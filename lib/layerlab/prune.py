@@ -30,6 +30,14 @@ TECHNIQUE = "prune"
 
 # ---------------------------------------------------------------------------- distances
 
+def text_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Texts tokenised together (right padded to the longest, cut at max_length tokens),
+    as the (input_ids, attention_mask) batches of batch_size rows that last_token_states takes."""
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    return [(enc.input_ids[i:i + batch_size], enc.attention_mask[i:i + batch_size])
+            for i in range(0, len(texts), batch_size)]
+
+
 @torch.no_grad()
 def last_token_states(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Residual stream at every block boundary for the last real token of each sample.
