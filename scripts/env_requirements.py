@@ -14,6 +14,7 @@ if "--no-deps" in sys.argv:
     for m in re.finditer(r"^#\s*no-deps:\s*(\S+)", text, re.M):
         print(m.group(1))
 else:
-    block = re.search(r"^\s+- pip:\s*\n((?:\s{6,}- .*\n)+)", text, re.M)
+    block = re.search(r"^\s+- pip:\s*\n((?:\s{6,}(?:- |#).*\n)+)", text, re.M)
     for line in block.group(1).splitlines():
-        print(line.strip()[2:].strip())
+        if line.strip().startswith("- "):
+            print(line.strip()[2:].strip())

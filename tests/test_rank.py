@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from layerlab import arch, laser, rank, results, scoring
-from tiny import ARCH_NAMES, tiny_batch, tiny_model
+from tiny import ARCH_NAMES, CharTokenizer, facts_file, tiny_batch, tiny_model
 
 
 def state_hash(model) -> str:
@@ -91,32 +91,9 @@ def test_grid_validation_names_parameter_and_allowed_values():
         rank.validate(model, ["q"], [0], [1.5])
 
 
-class CharTokenizer:
-    """A tiny stand-in tokenizer (one id per character) for tests on tiny random models."""
-    pad_token_id = 0
-
-    def __call__(self, texts, add_special_tokens=True):
-        if isinstance(texts, str):
-            return {"input_ids": [3 + ord(c) % 90 for c in texts]}
-        return {"input_ids": [[1] * add_special_tokens + [3 + ord(c) % 90 for c in t] for t in texts]}
-
-    def decode(self, ids):
-        return "".join(chr(i) for i in ids)
-
-
-def _facts(tmp_path, n=30):
-    f = tmp_path / "facts.jsonl"
-    rng = np.random.default_rng(0)
-    with open(f, "w") as fh:
-        for i in range(n):
-            fh.write(json.dumps({"prompt": "fact " + "".join(rng.choice(list("abcdef"), 5)),
-                                 "answer": "".join(rng.choice(list("xyz"), 1 + i % 3))}) + "\n")
-    return f
-
-
 def test_prefix_sweep_matches_an_independent_full_forward(tmp_path):
     model = tiny_model("llama")
-    task = laser.build_task(str(_facts(tmp_path)))
+    task = laser.build_task(str(facts_file(tmp_path)))
     sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, results.ResultStore(tmp_path / "r"),
                             max_tokens_per_batch=64)
     assert len(sweeper.scorer.batches) > 1
@@ -130,7 +107,7 @@ def test_prefix_sweep_matches_an_independent_full_forward(tmp_path):
 
 def test_sweep_stores_every_point_and_protocol_reports_intervals(tmp_path):
     model = tiny_model("llama")
-    task = laser.build_task(str(_facts(tmp_path)))
+    task = laser.build_task(str(facts_file(tmp_path)))
     store = results.ResultStore(tmp_path / "r")
     sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, store)
     table = laser.sweep(sweeper, ["mlp_in", "mlp_out"], [2, 3], [0.1, 0.5], progress=False)
@@ -157,7 +134,7 @@ def test_sweep_stores_every_point_and_protocol_reports_intervals(tmp_path):
 
 def test_greedy_only_keeps_improvements(tmp_path):
     model = tiny_model("llama")
-    task = laser.build_task(str(_facts(tmp_path)))
+    task = laser.build_task(str(facts_file(tmp_path)))
     sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, results.ResultStore(tmp_path / "r"))
     out = laser.greedy(sweeper, ["mlp_in"], [3, 2, 1], [0.1, 0.5], progress=False)
     accs = out["trace"]["val_acc"].to_numpy()

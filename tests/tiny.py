@@ -35,7 +35,8 @@ ARCH_NAMES = tuple(_configs())
 DECODERS = tuple(n for n in ARCH_NAMES if n not in ("bert", "roberta"))
 
 
-def tiny_model(name: str, seed: int = 0) -> torch.nn.Module:
+def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> torch.nn.Module:
     config, cls = _configs()[name]
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
@@ -45,7 +46,7 @@ def tiny_model(name: str, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    return model
+    return model.to(device=device, dtype=dtype)
 
 
 def tiny_batch(seed: int = 0, batch: int = 3, seq: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,3 +57,31 @@ def tiny_batch(seed: int = 0, batch: int = 3, seq: int = 12) -> tuple[torch.Tens
     for i in range(batch):
         mask[i, seq - 2 * i:] = 0
     return ids, mask
+
+
+class CharTokenizer:
+    """A tiny stand-in tokenizer (one id per character) for tests on tiny random models."""
+    pad_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=True):
+        if isinstance(texts, str):
+            return {"input_ids": [3 + ord(c) % 90 for c in texts]}
+        return {"input_ids": [[1] * add_special_tokens + [3 + ord(c) % 90 for c in t] for t in texts]}
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+def facts_file(folder, n: int = 30):
+    """A user-facts JSONL of n random {"prompt", "answer"} rows (for LASER sweeps on tiny models)."""
+    import json
+
+    import numpy as np
+
+    f = folder / "facts.jsonl"
+    rng = np.random.default_rng(0)
+    with open(f, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"prompt": "fact " + "".join(rng.choice(list("abcdef"), 5)),
+                                 "answer": "".join(rng.choice(list("xyz"), 1 + i % 3))}) + "\n")
+    return f

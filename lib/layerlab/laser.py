@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import arch, data, evaluation, rank, results, scoring
+from . import arch, data, evaluation, models, rank, results, scoring
 
 TECHNIQUE = "laser"
 DATASETS = ("counterfact", "hotpotqa", "fever", "truthfulqa", "epistemic_reasoning")
@@ -240,7 +240,7 @@ class Sweeper:
 
     def key(self, reductions: list[rank.Reduction]) -> str:
         return results.point_key(self.model_name, TECHNIQUE, [r.as_dict() for r in reductions],
-                                 self.task.name, self.split_spec)
+                                 self.task.name, self.split_spec, models.runtime(self.model))
 
     def point(self, reductions: list[rank.Reduction]) -> pd.DataFrame:
         """Summary rows of one point (computed and stored if absent)."""
@@ -384,7 +384,8 @@ def component_predictions(sweeper: Sweeper, best: rank.Reduction, item_rows: lis
         r = rank.Reduction(best.matrix_type, best.layer, best.rho, part)
         with rank.reduced(sweeper.model, r, sweeper.svd):
             preds[part] = sweeper.scorer.score(best.layer).first_top[item_rows]
-    cos = lambda a, b: torch.nn.functional.cosine_similarity(emb[a], emb[b], dim=-1).numpy()  # noqa: E731
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(  # noqa: E731
+        emb[a.to(emb.device)].float(), emb[b.to(emb.device)].float(), dim=-1).cpu().numpy()
     g = torch.tensor(gold)
     return pd.DataFrame({
         "prompt": [task.contexts[i] for i in item_rows],

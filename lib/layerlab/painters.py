@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import arch, evaluation, results, runner, schedule
+from . import arch, evaluation, models, results, runner, schedule
 
 TECHNIQUE = "painters"
 BENCHMARKS = ("arc_easy", "arc_challenge", "hellaswag", "winogrande", "lambada", "gsm8k")
@@ -71,8 +71,8 @@ def evaluate(model: nn.Module, tokenizer, model_name: str, store: results.Result
              batch_size: int = 16) -> pd.DataFrame:
     """lm-eval rows of ``model`` run with ``spec``'s schedule, one stored point per task."""
     n_layers = arch.n_layers(model)
-    keys = {t: results.point_key(model_name, TECHNIQUE, spec.as_dict() | {"limit": limits.get(t)}, t, "test")
-            for t in tasks}
+    keys = {t: results.point_key(model_name, TECHNIQUE, spec.as_dict() | {"limit": limits.get(t)}, t, "test",
+                                 models.runtime(model)) for t in tasks}
     todo = [t for t in tasks if not store.has(TECHNIQUE, keys[t])]
     if todo:
         steps = spec.steps(n_layers)
@@ -144,12 +144,12 @@ def encoder_features(model: nn.Module, tokenizer, texts_a: list[str], texts_b: l
         b = [texts_b[j] for j in idx] if pairs else None
         enc = tokenizer(a, b, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         state = runner.capture(model, enc.input_ids, enc.attention_mask)
-        mask = enc.attention_mask.unsqueeze(-1).float()
+        mask = state.attention_mask.unsqueeze(-1).float()
         for s in specs_:
             start = 0 if s.variant == "base" else s.n_outer
             steps = schedule.as_runner_steps(s.steps(n_layers))[start:]
             h = runner.run_blocks(model, state, state.hidden[start], steps)
-            out[s].append(((h * mask).sum(1) / mask.sum(1)).numpy())
+            out[s].append(((h.float() * mask).sum(1) / mask.sum(1)).cpu().numpy())
     inverse = np.argsort(order)
     return {s: np.concatenate(v)[inverse] for s, v in out.items()}
 
@@ -202,8 +202,8 @@ def layer_sensitivity(model: nn.Module, input_ids: torch.Tensor, attention_mask:
 
     n = arch.n_layers(model)
     state = runner.capture(model, input_ids, attention_mask)
-    labels = input_ids[:, 1:]
-    keep = attention_mask[:, 1:].bool()
+    labels = input_ids.to(state.attention_mask.device)[:, 1:]
+    keep = state.attention_mask[:, 1:].bool()
 
     def loss_of(layer: int, steps) -> float:
         logits = runner.finish(model, runner.run_blocks(model, state, state.hidden[layer], steps))[:, :-1]

@@ -33,7 +33,8 @@ TECHNIQUE = "prune"
 def text_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Texts tokenised together (right padded to the longest, cut at max_length tokens),
     as the (input_ids, attention_mask) batches of batch_size rows that last_token_states takes."""
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                    padding_side="right")
     return [(enc.input_ids[i:i + batch_size], enc.attention_mask[i:i + batch_size])
             for i in range(0, len(texts), batch_size)]
 
@@ -42,16 +43,20 @@ def text_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: i
 def last_token_states(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Residual stream at every block boundary for the last real token of each sample.
 
-    batches: (input_ids, attention_mask) pairs, right padded. Returns [L + 1, n_samples,
-    d_model] float32: entry l is the state entering block l, entry L the last block's
-    output (all before the final norm). One forward pass per batch.
+    batches: (input_ids, attention_mask) pairs, right padded (``text_batches``). Returns
+    [L + 1, n_samples, d_model] float32 on the CPU: entry l is the state entering block l,
+    entry L the last block's output (all before the final norm). One forward pass per
+    batch. A left-padded batch is refused: the model would see other positions.
     """
     out = []
     for ids, mask in batches:
+        if bool((mask[:, 1:] > mask[:, :-1]).any()):
+            raise ValueError("last_token_states: the batch is left padded; tokenise with padding_side='right' "
+                             "(prune.text_batches does)")
         state = runner.capture(model, ids, mask)
-        last = mask.sum(1) - 1
-        rows = torch.arange(ids.shape[0])
-        out.append(torch.stack([h[rows, last].float() for h in state.hidden]))
+        last = (mask.sum(1) - 1).to(state.attention_mask.device)
+        rows = torch.arange(ids.shape[0], device=last.device)
+        out.append(torch.stack([h[rows, last].float().cpu() for h in state.hidden]))
     return torch.cat(out, dim=1)
 
 
@@ -61,7 +66,7 @@ def angular_distances(states: torch.Tensor) -> np.ndarray:
     n_bound = states.shape[0]
     unit = torch.nn.functional.normalize(states.double(), dim=-1)
     cos = torch.einsum("asd,bsd->abs", unit, unit).clamp(-1, 1)  # [L+1, L+1, samples]
-    dist = (torch.arccos(cos) / math.pi).mean(-1).numpy()
+    dist = (torch.arccos(cos) / math.pi).mean(-1).cpu().numpy()
     big_l = n_bound - 1
     table = np.full((big_l + 1, big_l + 1), np.nan)
     for n in range(1, big_l + 1):
@@ -205,12 +210,13 @@ def normalised_loss(model: nn.Module, chunks: torch.Tensor, batch_size: int = 8)
     (the paper's Fig. 3 normalisation; 1.0 = a uniform guess), and its standard error
     over chunks."""
     per_chunk = []
+    device = next(model.parameters()).device
     for i in range(0, len(chunks), batch_size):
-        ids = chunks[i:i + batch_size]
+        ids = chunks[i:i + batch_size].to(device)
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
-        per_chunk.append(loss.view(ids.shape[0], -1).mean(1))
-    per = torch.cat(per_chunk).numpy() / math.log(model.config.vocab_size)
+        per_chunk.append(loss.view(ids.shape[0], -1).mean(1).cpu())
+    per = torch.cat(per_chunk).double().cpu().numpy() / math.log(model.config.vocab_size)
     se = float(per.std(ddof=1) / np.sqrt(len(per))) if len(per) > 1 else float("nan")
     return float(per.mean()), se
 
@@ -270,10 +276,11 @@ def heal(model: nn.Module, train_chunks: torch.Tensor, config: HealConfig, progr
     optim = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(optim, config.warmup_steps, config.steps)
     rng = np.random.default_rng(config.seed)
+    device = next(model.parameters()).device
     losses = []
     for _ in tqdm(range(config.steps), desc="healing", disable=not progress, mininterval=10):
         idx = rng.integers(0, len(train_chunks), size=config.batch_size)
-        ids = train_chunks[idx]
+        ids = train_chunks[idx].to(device)
         out = peft_model(input_ids=ids, labels=ids, use_cache=False)
         out.loss.backward()
         optim.step()
@@ -354,14 +361,15 @@ def curve_point(model: nn.Module, tokenizer, model_name: str, store, method: str
     """Rows for one pruned model (``blocks`` dropped from ``model``; healed with LoRA when
     ``heal_config`` is given): each lm-eval task and the normalised held-out loss, one
     stored point per task. Healing runs once, and only if some point is missing."""
-    from . import evaluation, results
+    from . import evaluation, models, results
 
     n_layers = arch.n_layers(model)
     heal_desc = heal_config.as_dict() if heal_config else None
     base = {"method": method, "n": n, "blocks": blocks, "heal": heal_desc, "limit": limit, "seed": seed}
     datasets = list(tasks) + ["heldout"]
     keys = {d: results.point_key(model_name, TECHNIQUE, base | ({"loss_chunks": list(loss_chunks.shape)}
-                                                                 if d == "heldout" else {}), d, "test")
+                                                                 if d == "heldout" else {}), d, "test",
+                                  models.runtime(model))
             for d in datasets}
     todo = [d for d in datasets if not store.has(TECHNIQUE, keys[d])]
     if todo:

@@ -22,14 +22,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: keys carry dtype and device type
 REQUIRED = ("model", "technique", "dataset", "split", "metric", "value", "n_items")
 
 
 def point_key(model: str, technique: str, intervention: dict, dataset: str, split: str,
-              code_version: str = CODE_VERSION) -> str:
-    """A stable hex key for one measured point. ``intervention``: JSON-able parameters."""
-    payload = json.dumps([model, technique, intervention, dataset, split, code_version],
+              runtime: dict | None = None, code_version: str = CODE_VERSION) -> str:
+    """A stable hex key for one measured point. ``intervention``: JSON-able parameters;
+    ``runtime``: what else the number depends on (``models.runtime(model)``: dtype and
+    device type), so that a bf16 point is never reused for fp32."""
+    payload = json.dumps([model, technique, intervention, dataset, split, runtime or {}, code_version],
                          sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 

@@ -57,15 +57,16 @@ def capture(
 ) -> ResidualState:
     """Run ``model`` once on a batch and record the state entering every block.
 
-    input_ids, attention_mask: [batch, seq] (right padding recommended).
+    input_ids, attention_mask: [batch, seq], right padded (moved to the model's device).
     keep: block indices whose entering hidden state to keep (default: all, and the final
         output). Arguments are kept for every block regardless (they are shared tensors).
     """
     block_list = arch.blocks(model)
     n = len(block_list)
     keep_set = set(range(n + 1)) if keep is None else set(keep)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     hidden: list[torch.Tensor | None] = [None] * (n + 1)
     block_args: list[tuple[tuple, dict]] = [((), {})] * n
     handles = []
@@ -133,6 +134,7 @@ def run_blocks(model: nn.Module, state: ResidualState, h: torch.Tensor,
     return h
 
 
+@torch.no_grad()
 def finish(model: nn.Module, h: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Final norm and output head on a residual stream.
 
@@ -141,6 +143,7 @@ def finish(model: nn.Module, h: torch.Tensor, positions: torch.Tensor | None = N
     Returns logits [batch, seq or k, vocab]; for a bare encoder, the normed hidden states.
     """
     if positions is not None:
+        positions = positions.to(h.device)
         h = h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
     norm = arch.final_norm(model)
     if norm is not None:
@@ -174,6 +177,9 @@ def run_from(model: nn.Module, state: ResidualState, layer: int, h: torch.Tensor
 def full_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The model's own forward pass (no cache), for reference: logits or, for an encoder,
     the last hidden state."""
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    attention_mask = None if attention_mask is None else attention_mask.to(device)
     with torch.no_grad():
         if arch.arch_of(model).is_encoder:
             return arch.base_model(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

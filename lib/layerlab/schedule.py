@@ -186,6 +186,6 @@ def hidden_similarity(states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
 
     states: [L + 1, batch, seq, d]; mask: [batch, seq]. Returns [L + 1, L + 1].
     """
-    real = mask.bool()
+    real = mask.bool().to(states.device)
     vecs = torch.nn.functional.normalize(states[:, real].double(), dim=-1)  # [L+1, tokens, d]
-    return torch.einsum("atd,btd->ab", vecs, vecs).numpy() / vecs.shape[1]
+    return torch.einsum("atd,btd->ab", vecs, vecs).cpu().numpy() / vecs.shape[1]

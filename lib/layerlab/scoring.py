@@ -30,12 +30,19 @@ class Batch:
     target_mask: torch.Tensor
     rows: np.ndarray
 
+    def to(self, device: torch.device | str) -> "Batch":
+        """The same batch with its tensors on ``device``."""
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.target_pos.to(device),
+                     self.target_ids.to(device), self.target_mask.to(device), self.rows)
+
 
 def encode(tokenizer, contexts: Sequence[str], continuations: Sequence[str],
            max_tokens_per_batch: int = 4096, max_length: int = 512) -> list[Batch]:
     """Tokenise pairs into length-sorted, right-padded batches of at most
     ``max_tokens_per_batch`` tokens (padding included). Contexts are cut from the left
-    so that context + continuation fits ``max_length``."""
+    so that context + continuation fits ``max_length``; at least one context token must
+    remain (it predicts the continuation's first token). Tensors are built on the CPU;
+    the scorers move them to the model's device."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = []
     ctx_ids = tokenizer(list(contexts), add_special_tokens=True)["input_ids"]
@@ -43,7 +50,11 @@ def encode(tokenizer, contexts: Sequence[str], continuations: Sequence[str],
     for c, t in zip(ctx_ids, cont_ids):
         if not t:
             raise ValueError("an empty continuation cannot be scored")
-        c = c[-(max_length - len(t)):]
+        room = max_length - len(t)
+        if room < 1:
+            raise ValueError(f"max_length: {max_length} tokens leave no room for the context of a "
+                             f"{len(t)}-token continuation; allowed: max_length > the longest continuation")
+        c = c[-room:]
         encoded.append((c, t))
     order = np.argsort([len(c) + len(t) for c, t in encoded], kind="stable")
     batches, current = [], []
@@ -95,19 +106,22 @@ class RowScores:
 
 
 def score_logits(batch: Batch, logits: torch.Tensor) -> dict[str, np.ndarray]:
-    """Scores from logits at the target positions, logits: [B, K, V]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    """Scores from logits at the target positions, logits: [B, K, V] (any device and
+    dtype; log-probabilities are taken in float32). Returns numpy arrays on the CPU."""
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
     tok_lp = logp.gather(-1, batch.target_ids.unsqueeze(-1)).squeeze(-1) * batch.target_mask
-    first = logits[:, 0].float()
+    first = logits[:, 0]
     gold_first = first.gather(-1, batch.target_ids[:, :1]).squeeze(-1)
     argmax = logits.argmax(-1)
-    return {
-        "logprob": tok_lp.sum(-1).numpy().astype(np.float64),
-        "n_tokens": batch.target_mask.sum(-1).numpy(),
-        "first_rank": (first > gold_first.unsqueeze(-1)).sum(-1).numpy(),
-        "greedy": ((argmax == batch.target_ids) | ~batch.target_mask).all(-1).numpy(),
-        "first_top": argmax[:, 0].numpy(),
+    out = {
+        "logprob": tok_lp.sum(-1).double(),
+        "n_tokens": batch.target_mask.sum(-1),
+        "first_rank": (first > gold_first.unsqueeze(-1)).sum(-1),
+        "greedy": ((argmax == batch.target_ids) | ~batch.target_mask).all(-1),
+        "first_top": argmax[:, 0],
     }
+    return {k: v.cpu().numpy() for k, v in out.items()}
 
 
 def collect(batches: list[Batch], parts: list[dict[str, np.ndarray]], n_rows: int) -> RowScores:
@@ -127,8 +141,9 @@ class PrefixScorer:
     """
 
     def __init__(self, model: nn.Module, batches: list[Batch], n_rows: int, keep=None):
-        self.model, self.batches, self.n_rows = model, batches, n_rows
-        self.states = [runner.capture(model, b.input_ids, b.attention_mask, keep=keep) for b in batches]
+        device = next(model.parameters()).device
+        self.model, self.batches, self.n_rows = model, [b.to(device) for b in batches], n_rows
+        self.states = [runner.capture(model, b.input_ids, b.attention_mask, keep=keep) for b in self.batches]
 
     @torch.no_grad()
     def score(self, start_layer: int, steps=None) -> RowScores:
@@ -149,8 +164,9 @@ class PrefixScorer:
 def score_full(model: nn.Module, batches: list[Batch], n_rows: int) -> RowScores:
     """Scores with the model's own forward pass (the reference path: no runner, no
     prefix reuse, full-vocabulary logits at every position)."""
+    device = next(model.parameters()).device
     parts = []
-    for b in batches:
+    for b in (b.to(device) for b in batches):
         logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
         logits = logits.gather(1, b.target_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
         parts.append(score_logits(b, logits))
