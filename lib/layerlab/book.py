@@ -27,8 +27,9 @@ BF16 = {"dtype": "bfloat16"}
 # is well above chance on (the headline claim the smaller models cannot test), and LASER on
 # CounterFact over its deepest quarter. Its healing, payoff and Painters runs are in the full profile.
 QWEN_QUICK = [
+    # gate (gate_proj) is what the official LASER code reduces as U_in (fc_in) in Llama-family MLPs
     ("laser", QWEN, {"dtype": "bfloat16", "datasets": ["counterfact"], "layers": list(range(21, 28)),
-                     "greedy_layers": list(range(21, 28))}),
+                     "matrix_types": ["gate", "mlp_in", "mlp_out"], "greedy_layers": list(range(21, 28))}),
     ("prune", QWEN, {"dtype": "bfloat16", "eval_tasks": ["mmlu"], "heuristic_tasks": ["mmlu"], "limit": 100,
                      "fractions": [0, 0.1, 0.2, 0.3, 0.4, 0.5], "heal": False, "payoff_fractions": []}),
 ]
