@@ -2,6 +2,7 @@
 
     python bench/run.py                 # every row, prints a markdown table, saves bench/results/
     python bench/run.py --items 100     # smaller LASER workload
+    python bench/run.py --only ray      # one row (here: Ray overhead) and its table line
 
 Each row runs in its own Python process (so its peak RSS is its own) and reports wall
 seconds. Naive methods that would take hours are timed on a sample of configurations and
@@ -260,6 +261,40 @@ def row_gpu(args) -> dict:
             "configs_per_s": n / (time.perf_counter() - start), "configs": n, "seconds": time.perf_counter() - start}
 
 
+def row_ray(args) -> dict:
+    """Ray overhead on CPU: one LASER sweep (the base model and the deepest ``--ray-layers``
+    layers x {mlp_in, mlp_out} x 5 rhos on ``--items`` CounterFact items) through
+    ``distributed.run_laser_points``, locally and as Ray tasks with 1 and 2 workers, each
+    into a fresh results dir. Every run loads the model and builds the task itself (a Ray
+    task in a fresh worker process); starting the local Ray instance is timed apart (once
+    per session). Peak RSS is this driver's only."""
+    import tempfile
+    import ray
+    from transformers import AutoConfig
+    from layerlab import distributed, laser, models
+    n_layers = AutoConfig.from_pretrained(models.resolve(args.model)).num_hidden_layers  # converts once, untimed
+    layers = range(n_layers - (args.ray_layers or n_layers), n_layers)
+    points = [[]] + [[g] for g in laser.grid(["mlp_in", "mlp_out"], layers, [0.01, 0.05, 0.1, 0.25, 0.5])]
+    kw = dict(seed=0, limit=args.items, device="cpu", dtype="float32", progress=False)
+    out = {"configs": len(points) - 1, "workers_cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        distributed.run_laser_points(args.model, "counterfact", points, results_dir=f"{tmp}/local", **kw)
+        out["seconds"] = out["local_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        distributed.validate_executor("ray", None)  # a local instance with every CPU
+        out["ray_start_s"] = time.perf_counter() - start
+        for workers in (1, 2):
+            start = time.perf_counter()
+            r = distributed.run_laser_points(args.model, "counterfact", points, results_dir=f"{tmp}/ray{workers}",
+                                             executor="ray", workers=workers, **kw)
+            out[f"ray_{workers}_s"] = time.perf_counter() - start
+            assert r["computed"] == len(points) and r["tasks"] == workers
+        ray.shutdown()
+    out["overhead_1"] = out["ray_1_s"] / out["local_s"] - 1
+    return out
+
+
 def row_scaling(args) -> dict:
     """How the sweeps grow with items, start layer and grid size, per model: seconds per
     LASER configuration (SVD already cached) at three start layers and three item counts,
@@ -312,6 +347,7 @@ ROWS = {
     "laser_naive_batched": row_laser_naive_batched, "svd": row_svd,
     "distances_one_pass": row_distances_one_pass, "distances_per_n": row_distances_per_n,
     "painters_shared": row_painters_shared, "painters_recomputed": row_painters_recomputed, "scaling": row_scaling, "gpu": row_gpu,
+    "ray": row_ray,
 }
 
 
@@ -319,7 +355,7 @@ def run_row(name: str, args) -> dict:
     """Run one row in a fresh process and return its measurements (+ its peak RSS)."""
     cmd = [sys.executable, __file__, "--row", name, "--items", str(args.items), "--model", args.model,
            "--naive-sample", str(args.naive_sample), "--painters-items", str(args.painters_items),
-           "--gpu-layers", str(args.gpu_layers),
+           "--gpu-layers", str(args.gpu_layers), "--ray-layers", str(args.ray_layers),
            "--scaling-models", args.scaling_models]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -336,7 +372,9 @@ def table(res: dict, args) -> str:
              "", "| sweep | method | seconds | configs (measured) | ratio | peak RSS MB |", "|---|---|---:|---:|---:|---:|"]
 
     def add(sweep, method, name, ref, note=""):
-        r = res.get(name, {})
+        if name not in res:  # not run this time (--only)
+            return
+        r = res[name]
         if "error" in r or "skipped" in r:
             lines.append(f"| {sweep} | {method} | {r.get('error') or r.get('skipped')} | | | |")
             return
@@ -352,6 +390,8 @@ def table(res: dict, args) -> str:
     add("", "one pass per n", "distances_per_n", "distances_one_pass")
     add(f"Painters, every variant x N, {args.painters_items} ARC-Easy items", "prefix shared", "painters_shared", "painters_shared")
     add("", "prefix recomputed (whole scheduled model)", "painters_recomputed", "painters_shared")
+    if len(lines) == 4:  # none of the table's rows was run (--only)
+        del lines[1:]
     svd = res.get("svd", {})
     if "seconds" in svd:
         lines += ["", f"SVDs of all MLP matrices for 5 rhos: {svd['seconds']:.1f} s with one SVD per matrix vs "
@@ -377,22 +417,34 @@ def table(res: dict, args) -> str:
                          f"{r['grid_estimate_s']:.0f} | {r['svd_all_mlp_s']:.1f} | {dist} |")
     elif "error" in sc:
         lines += ["", f"Scaling: {sc['error']}"]
-    gpu = res.get("gpu", {})
-    lines += ["", "GPU (Llama-2-7B-shaped random model, bf16): " + (
-        f"{gpu['device']}: SVD of 4096x11008 {gpu['svd_4096x11008_s']:.2f} s; LASER sweep "
-        f"{gpu['configs_per_s']:.1f} configurations/s" if "device" in gpu else f"skipped ({gpu.get('skipped', gpu.get('error'))})")]
+    ray_ = res.get("ray", {})
+    if "local_s" in ray_:
+        lines += ["", f"Ray overhead on CPU (the same LASER sweep, {ray_['configs']} configurations + base, "
+                  f"{args.items} CounterFact items, model loaded by each run): local {ray_['local_s']:.1f} s; "
+                  f"Ray, 1 worker {ray_['ray_1_s']:.1f} s ({100 * ray_['overhead_1']:+.0f}%, target at most +10%); "
+                  f"Ray, 2 workers {ray_['ray_2_s']:.1f} s ({ray_['local_s'] / ray_['ray_2_s']:.2f}x the local speed, "
+                  f"{ray_['workers_cpus']} CPUs shared); starting the local Ray instance {ray_['ray_start_s']:.1f} s "
+                  "(once per session, not counted)."]
+    elif ray_:
+        lines += ["", f"Ray overhead: {ray_.get('error') or ray_.get('skipped')}"]
+    gpu = res.get("gpu")
+    if gpu is not None:
+        lines += ["", "GPU (Llama-2-7B-shaped random model, bf16): " + (
+            f"{gpu['device']}: SVD of 4096x11008 {gpu['svd_4096x11008_s']:.2f} s; LASER sweep "
+            f"{gpu['configs_per_s']:.1f} configurations/s" if "device" in gpu else f"skipped ({gpu.get('skipped', gpu.get('error'))})")]
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--row", choices=sorted(ROWS), help="(internal) run one row and print JSON")
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
+    parser.add_argument("--rows", "--only", dest="rows", default=",".join(ROWS), help="comma-separated rows to run")
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--naive-sample", type=int, default=4, help="configurations timed for the naive rows")
     parser.add_argument("--painters-items", type=int, default=40)
     parser.add_argument("--gpu-layers", type=int, default=8)
+    parser.add_argument("--ray-layers", type=int, default=8, help="deepest layers in the Ray row's sweep (0: all)")
     parser.add_argument("--scaling-models", default="smollm2-135m,gemma3-270m")
     args = parser.parse_args()
     if args.row:
@@ -407,8 +459,10 @@ def main() -> int:
         print(f"[bench]   {res[name]}", file=sys.stderr, flush=True)
     text = table(res, args)
     OUT.mkdir(exist_ok=True)
-    (OUT / f"bench-{args.model}.md").write_text(text + "\n")
-    (OUT / f"bench-{args.model}.json").write_text(json.dumps(res, indent=1))
+    # a subset of rows (--only) gets its own files: the full run's table stays one run's numbers
+    stem = f"bench-{args.model}" + ("" if set(res) == set(ROWS) else "-" + "-".join(res))
+    (OUT / f"{stem}.md").write_text(text + "\n")
+    (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
     print(text)
     return 0
 

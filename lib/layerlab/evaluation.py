@@ -15,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import uuid
 from importlib import resources
 from pathlib import Path
 
@@ -147,8 +148,7 @@ def prepare_tasks(data_dir: str | os.PathLike | None = None, target: str | os.Pa
     folder = Path(target) if target else cache_dir().parent / "lm_eval_tasks" / fingerprint
     if (folder / ".complete").exists():
         return folder
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.tmp")  # private: parallel workers never collide
     (tmp / "data").mkdir(parents=True)
     for stem, rows in _prepared_rows(root).items():
         with open(tmp / "data" / f"{stem}.jsonl", "w", encoding="utf-8") as f:
@@ -160,8 +160,14 @@ def prepare_tasks(data_dir: str | os.PathLike | None = None, target: str | os.Pa
         elif t.name.endswith(".py"):
             (tmp / t.name).write_text(t.read_text())
     (tmp / ".complete").write_text("")
+    if (folder / ".complete").exists():  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        return folder
     shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process's complete copy landed in between
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

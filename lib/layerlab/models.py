@@ -146,7 +146,11 @@ def resolve(name_or_path: str) -> str:
             return str(_package_dir(entry, name_or_path) / entry.file)
         target = cache_dir() / name_or_path
         if not (target / "config.json").exists():
-            _convert_gguf(name_or_path, entry, target)
+            from filelock import FileLock
+
+            with FileLock(str(cache_dir() / f".{name_or_path}.lock")):  # one converter per machine
+                if not (target / "config.json").exists():
+                    _convert_gguf(name_or_path, entry, target)
         return str(target)
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser())

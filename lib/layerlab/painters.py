@@ -66,13 +66,17 @@ def specs(n_layers: int, affected: list[int], variants: list[str], seeds: list[i
     return out
 
 
+def point_key(model_name: str, spec: Spec, task: str, limit: int | None, runtime: dict) -> str:
+    """The results key of one (schedule, benchmark) point."""
+    return results.point_key(model_name, TECHNIQUE, spec.as_dict() | {"limit": limit}, task, "test", runtime)
+
+
 def evaluate(model: nn.Module, tokenizer, model_name: str, store: results.ResultStore, spec: Spec,
              tasks: list[str], limits: dict[str, int | None], data_dir=None, seed: int = 0,
              batch_size: int = 16) -> pd.DataFrame:
     """lm-eval rows of ``model`` run with ``spec``'s schedule, one stored point per task."""
     n_layers = arch.n_layers(model)
-    keys = {t: results.point_key(model_name, TECHNIQUE, spec.as_dict() | {"limit": limits.get(t)}, t, "test",
-                                 models.runtime(model)) for t in tasks}
+    keys = {t: point_key(model_name, spec, t, limits.get(t), models.runtime(model)) for t in tasks}
     todo = [t for t in tasks if not store.has(TECHNIQUE, keys[t])]
     if todo:
         steps = spec.steps(n_layers)
