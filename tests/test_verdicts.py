@@ -1,0 +1,31 @@
+import math
+
+import pytest
+
+from layerlab import verdicts as v
+
+
+def test_above_decides_by_the_whole_interval():
+    assert v.above(0.01, 0.2) == v.AGREES
+    assert v.above(-0.3, -0.01) == v.DISAGREES
+    assert v.above(-0.1, 0.1) == v.INCONCLUSIVE
+    assert v.above(-0.1, 0.0) == v.DISAGREES  # "no change" at the edge rules out an increase
+    assert v.above(0.0, 0.0) == v.DISAGREES
+    assert v.above(0.3, 0.5, threshold=0.25) == v.AGREES and v.above(0.2, 0.3, threshold=0.25) == v.INCONCLUSIVE
+    assert v.above(math.nan, 1.0) == v.INCONCLUSIVE
+    with pytest.raises(ValueError, match="lo 1 > hi 0"):
+        v.above(1, 0)
+
+
+def test_below_mirrors_above():
+    assert v.below(-0.2, -0.01) == v.AGREES
+    assert v.below(0.01, 0.2) == v.DISAGREES
+    assert v.below(-0.1, 0.1) == v.INCONCLUSIVE
+    assert v.below(0.2, 0.24, threshold=0.25) == v.AGREES
+
+
+def test_both_needs_every_part():
+    assert v.both(v.AGREES, v.AGREES) == v.AGREES
+    assert v.both(v.AGREES, v.INCONCLUSIVE) == v.INCONCLUSIVE
+    assert v.both(v.AGREES, v.DISAGREES, v.INCONCLUSIVE) == v.DISAGREES
+    assert v.both(v.AGREES, f"{v.NOT_TESTABLE}: at chance unpruned") == v.NOT_TESTABLE
