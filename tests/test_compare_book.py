@@ -88,3 +88,21 @@ def test_a_failing_notebook_stops_the_build_and_names_the_cell(tmp_path, monkeyp
     msg = str(err.value)
     assert "laser on smollm2-135m failed" in msg and "raise ValueError('broken on purpose')" in msg
     assert "ValueError: broken on purpose" in msg
+
+
+def test_executed_pages_name_their_model_collapse_code_and_drop_stderr(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# LASER: cutting the rank\nbody"),
+        nbformat.v4.new_code_cell("model = 'x'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(1)", outputs=[
+            nbformat.v4.new_output("stream", name="stderr", text="Loading weights: 100%"),
+            nbformat.v4.new_output("stream", name="stdout", text="1\n")])])
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    book.tidy_executed(path, "gemma3-270m")
+    book.tidy_executed(path, "gemma3-270m")  # idempotent
+    out = nbformat.read(path, as_version=4)
+    assert out.cells[0].source == "# LASER: cutting the rank (gemma3-270m)\nbody"
+    assert out.cells[1].metadata.tags == ["parameters"]
+    assert out.cells[2].metadata.tags == ["hide-input"]
+    assert [o.name for o in out.cells[2].outputs] == ["stdout"]

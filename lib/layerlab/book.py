@@ -77,6 +77,29 @@ def toc(profile: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tidy_executed(path: Path, model: str) -> None:
+    """Make an executed notebook read well as a book page: its title names the model (the
+    sidebar lists one page per model), code cells are collapsed except the parameter cells,
+    and stderr (progress bars, library warnings) stays on the console, out of the page."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            title, _, rest = cell.source.partition("\n")
+            if f"({model})" not in title:
+                cell.source = f"{title} ({model})\n{rest}"
+            break
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        if not {"parameters", "injected-parameters"} & set(tags) and "hide-input" not in tags:
+            tags.append("hide-input")
+        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+    nbformat.write(nb, path)
+
+
 def execute(profile: str, results_dir: Path, data_dir: str | None, log=print) -> list[dict]:
     """Run every notebook of the profile; raise SystemExit naming the failing cell."""
     import papermill as pm
@@ -93,10 +116,12 @@ def execute(profile: str, results_dir: Path, data_dir: str | None, log=print) ->
         start = time.time()
         try:
             pm.execute_notebook(str(ROOT / "notebooks" / f"{technique}.ipynb"), str(out), parameters=params,
-                                cwd=str(ROOT), progress_bar=False, kernel_name="python3")
+                                cwd=str(ROOT), progress_bar=False, kernel_name="python3", log_output=False,
+                                stderr_file=sys.stderr)
         except PapermillExecutionError as err:
             raise SystemExit(f"[book] notebook {technique} on {model} failed in cell {err.exec_count}:\n"
                              f"{err.source}\n{err.ename}: {err.evalue}\n(executed copy with the traceback: {out})")
+        tidy_executed(out, model)
         times.append({"technique": technique, "model": model, "seconds": time.time() - start})
         log(f"[book]   done in {times[-1]['seconds']:.0f} s")
     return times
