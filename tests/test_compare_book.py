@@ -106,3 +106,22 @@ def test_executed_pages_name_their_model_collapse_code_and_drop_stderr(tmp_path)
     assert out.cells[1].metadata.tags == ["parameters"]
     assert out.cells[2].metadata.tags == ["hide-input"]
     assert [o.name for o in out.cells[2].outputs] == ["stdout"]
+
+
+def _curve(points):
+    return pd.DataFrame([{"fraction": f, "value": v, "ci_low": lo, "ci_high": hi} for f, v, lo, hi in points])
+
+
+def test_holds_then_falls_judges_both_halves_by_intervals():
+    base = (0.0, 0.55, 0.45, 0.65)
+    agrees = compare.holds_then_falls(_curve([base, (0.1, 0.52, 0.42, 0.62), (0.3, 0.27, 0.19, 0.37),
+                                              (0.5, 0.24, 0.16, 0.34)]), 0.25)
+    assert agrees["verdict"] == "agrees" and agrees["chance_fraction"] == 0.3
+    falls_at_once = compare.holds_then_falls(_curve([base, (0.1, 0.28, 0.20, 0.38), (0.3, 0.25, 0.17, 0.35)]), 0.25)
+    assert falls_at_once["verdict"] == "disagrees"  # the flat region is missing
+    never = compare.holds_then_falls(_curve([base, (0.1, 0.54, 0.44, 0.64), (0.5, 0.50, 0.40, 0.60)]), 0.25)
+    assert never["verdict"] == "disagrees" and never["chance_fraction"] is None
+    unsure = compare.holds_then_falls(_curve([base, (0.1, 0.44, 0.34, 0.54), (0.5, 0.30, 0.21, 0.41)]), 0.25)
+    assert unsure["verdict"] == "inconclusive"  # the first step is neither inside nor clearly below
+    at_chance = compare.holds_then_falls(_curve([(0.0, 0.28, 0.2, 0.37), (0.1, 0.26, 0.18, 0.35)]), 0.25)
+    assert at_chance["verdict"].startswith("not testable: at chance unpruned")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import evaluation, painters, prune, results
+from . import evaluation, painters, prune, results, verdicts
 
 
 def atlas(store: results.ResultStore, model: str, n_block: int = 1) -> pd.DataFrame:
@@ -68,6 +68,44 @@ def _paired_change(base: pd.Series, changed: pd.Series) -> tuple[str, str, bool]
             f"Δ {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]", lo > 0)
 
 
+def holds_then_falls(curve: pd.DataFrame, chance: float) -> dict:
+    """Gromov et al.'s headline, both halves judged by intervals, on one accuracy curve
+    (rows: fraction, value, ci_low, ci_high; fraction 0 = unpruned).
+
+    holds: the smallest pruned fraction keeps accuracy within the unpruned model's 95%
+        interval (agrees), or its own interval lies below it (disagrees);
+    falls: from some fraction on, every interval reaches chance, after the unpruned model
+        was above it (agrees); disagrees if the largest fraction is still above chance.
+    Not testable when the unpruned model is itself at chance. Returns {verdict, ours,
+    interval, chance_fraction}."""
+    c = curve.sort_values("fraction")
+    base = c[c.fraction == 0]
+    if not len(base):
+        return {"verdict": f"{verdicts.NOT_TESTABLE}: no unpruned point", "ours": "", "interval": "",
+                "chance_fraction": None}
+    b = base.iloc[0]
+    base_txt = f"unpruned {100 * b.value:.1f}% [{100 * b.ci_low:.1f}, {100 * b.ci_high:.1f}]"
+    if b.ci_low <= chance:
+        return {"verdict": f"{verdicts.NOT_TESTABLE}: at chance unpruned", "ours": base_txt, "interval": "",
+                "chance_fraction": None}
+    pruned = c[c.fraction > 0]
+    if not len(pruned):
+        return {"verdict": f"{verdicts.NOT_TESTABLE}: no pruned point", "ours": base_txt, "interval": "",
+                "chance_fraction": None}
+    first = pruned.iloc[0]
+    holds = (verdicts.AGREES if first.value >= b.ci_low else
+             verdicts.DISAGREES if first.ci_high < b.ci_low else verdicts.INCONCLUSIVE)
+    f = prune.chance_fraction(c, chance)
+    last = pruned.iloc[-1]
+    falls = (verdicts.AGREES if f is not None and f > 0 else
+             verdicts.DISAGREES if last.ci_low > chance else verdicts.INCONCLUSIVE)
+    ours = (f"{base_txt}; at fraction {first.fraction:.2f}: {100 * first.value:.1f}%; "
+            + (f"at chance from fraction {f:.2f}" if f is not None else
+               f"still {100 * last.value:.1f}% at fraction {last.fraction:.2f}"))
+    return {"verdict": verdicts.both(holds, falls), "ours": ours,
+            "interval": f"holds: {holds}; falls to chance: {falls}", "chance_fraction": f}
+
+
 def claims(store: results.ResultStore) -> pd.DataFrame:
     """Every headline claim of the three papers that the stored results can test: one
     row per (claim, model) with the paper's number, ours, the interval and a verdict."""
@@ -119,15 +157,11 @@ def claims(store: results.ResultStore) -> pd.DataFrame:
             part = c[(c.dataset == task) & (c.metric == "acc")]
             if not len(part):
                 continue
-            f = prune.chance_fraction(part, evaluation.CHANCE[task])
-            base = part[part.n == 0]
-            base_txt = f"unpruned {100 * base['value'].iloc[0]:.1f}%" if len(base) else ""
-            at_chance_already = len(base) and base["ci_low"].iloc[0] <= evaluation.CHANCE[task]
+            judged = holds_then_falls(part, evaluation.CHANCE[task])
             rows.append({"paper": "Gromov", "claim": f"{task} accuracy holds, then falls to chance past a model-dependent fraction",
                          "paper's number": "MMLU: 45-55% Llama-2, 35% Mistral-7B, 25% Phi-2, 20% Qwen",
-                         "model": model, "ours": f"at chance from fraction {f:.2f}" if f is not None else "never at chance in range",
-                         "interval": base_txt, "verdict": "n/a (at chance unpruned)" if at_chance_already else
-                         _verdict(f is not None and f > 0)})
+                         "model": model, "ours": judged["ours"], "interval": judged["interval"],
+                         "verdict": judged["verdict"]})
         loss = curve[(curve.model == model) & (curve.dataset == "heldout")]
         healed = loss[loss.healed.astype(bool)]
         full = loss[(~loss.healed.astype(bool)) & (loss.n == 0)]["value"]
