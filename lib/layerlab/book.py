@@ -41,9 +41,9 @@ PLANS: dict[str, list[tuple[str, str, dict]]] = {
     # faster than fp32). gemma3-270m's deeper-layers run (23 min cold in fp32, at chance on MMLU)
     # moved to the full profile to make room for Qwen2.5-Coder-1.5B, which can show the MMLU collapse.
     "quick": [("laser", "smollm2-135m", BF16), ("laser", "gemma3-270m", BF16), QWEN_QUICK[0],
-              ("laser_sokoban", "sokoban-dt", {}),
               ("prune", "smollm2-135m", BF16), QWEN_QUICK[1],
-              ("painters", "smollm2-135m", BF16 | {"encoder": "minilm-l6"})],
+              ("painters", "smollm2-135m", BF16 | {"encoder": "minilm-l6"}),
+              ("laser_sokoban", "sokoban-dt", {})],
     "full": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}), ("laser", QWEN, {"dtype": "bfloat16"}),
              ("laser_sokoban", "sokoban-dt", {}),
              ("prune", "smollm2-135m", {}), ("prune", "gemma3-270m", {}), ("prune", QWEN, {"dtype": "bfloat16"}),
