@@ -161,6 +161,16 @@ ARCHS: dict[str, Arch] = {
     "bert": _bert_like("bert"),
     "roberta": _bert_like("roberta"),
 }
+# transformers' DecisionTransformerModel (LASER's Sokoban agent): GPT-2 blocks under
+# ``encoder``; its "embedding" is the state embedding and its head the action head.
+ARCHS["decision_transformer"] = Arch(
+    name="decision_transformer",
+    blocks="encoder.h",
+    embed="embed_state",
+    final_norm="encoder.ln_f",
+    head="predict_action.0",
+    matrices=ARCHS["gpt2"].matrices,
+)
 
 
 def arch_of(model: nn.Module) -> Arch:

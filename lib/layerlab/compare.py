@@ -224,4 +224,6 @@ def claims(store: results.ResultStore) -> pd.DataFrame:
                              "paper's number": "Fig. 10", "model": model,
                              "ours": f"{a} layers: looped {scores['looped_parallel']:.2f} vs parallel {scores['parallel']:.2f}",
                              "interval": "", "verdict": _verdict(scores["looped_parallel"] > scores["parallel"])})
+    from . import decision  # LASER outside language: the Sokoban Decision Transformer (paper Table 2)
+    rows += decision.claim_rows(store)
     return pd.DataFrame(rows, columns=["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"])
