@@ -100,7 +100,7 @@ def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=No
         return models.runtime(loaded[0]), 0, {}
     if executor == "local":
         dev = models.resolve_device(device)
-        return _runtime(models.resolve_dtype(dtype, dev), dev.type), 0, {}
+        return models.runtime_of(models.resolve_dtype(dtype, dev), dev.type), 0, {}
     import ray
 
     if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -111,18 +111,14 @@ def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=No
     if device == "cuda" and not gpus:
         raise ValueError("device: 'cuda', but the Ray cluster has no GPU; use 'auto' or 'cpu'")
     if gpus:
-        return _runtime(models.resolve_dtype(dtype, torch.device("cuda")), "cuda"), workers or gpus, \
+        return models.runtime_of(models.resolve_dtype(dtype, torch.device("cuda")), "cuda"), workers or gpus, \
             {"num_gpus": 1, "num_cpus": 1}
     node_cpus = [int(n["Resources"]["CPU"]) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
     if not node_cpus:
         raise RuntimeError("the Ray cluster has no node with a CPU to run tasks on")
     n = workers or len(node_cpus)
-    return (_runtime(models.resolve_dtype(dtype, torch.device("cpu")), "cpu"), n,
+    return (models.runtime_of(models.resolve_dtype(dtype, torch.device("cpu")), "cpu"), n,
             {"num_cpus": max(1, min(min(node_cpus), sum(node_cpus) // n))})
-
-
-def _runtime(dtype: torch.dtype, device_type: str) -> dict:
-    return {"dtype": str(dtype).removeprefix("torch."), "device": device_type}
 
 
 def _key_model(runtime: dict):

@@ -201,7 +201,12 @@ def runtime(model: nn.Module) -> dict:
     """What a measured number depends on besides the weights: the model's dtype and device
     type (part of every results key: a bf16 point is not an fp32 point)."""
     p = next(model.parameters())
-    return {"dtype": str(p.dtype).removeprefix("torch."), "device": p.device.type}
+    return runtime_of(p.dtype, p.device.type)
+
+
+def runtime_of(dtype: torch.dtype, device_type: str) -> dict:
+    """The runtime dict of ``runtime`` for a model not loaded here (e.g. on a Ray worker)."""
+    return {"dtype": str(dtype).removeprefix("torch."), "device": device_type}
 
 
 def _config_error(name_or_path: str, source: str, err: OSError) -> OSError:
