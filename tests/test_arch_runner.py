@@ -85,3 +85,38 @@ def test_bad_matrix_type_and_layer_are_refused():
     with pytest.raises(ValueError, match=r"layer 9 out of range; allowed: 0..3"):
         arch.weight(model, "q", 9)
     assert "gate" not in arch.matrix_types(tiny_model("gpt2"))
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_named_states_and_stop_at(name):
+    model = tiny_model(name)
+    ids, mask = tiny_batch()
+    state = runner.capture(model, ids, mask)
+    L = state.n_layers
+    for l in range(L):
+        assert state[f"resid_pre.{l}"] is state.hidden[l]
+        assert state[f"resid_post.{l}"] is state.hidden[l + 1]
+    # stop_at: blocks start..stop-1 give the state entering block stop, as captured
+    for start, stop in ((0, L), (1, L - 1), (2, 2)):
+        torch.testing.assert_close(runner.run_from(model, state, start, stop_at=stop), state.hidden[stop],
+                                   rtol=1e-5, atol=1e-5)
+    for bad in ("resid_mid.1", f"resid_pre.{L + 1}", "resid_post.-1", "resid_pre"):
+        with pytest.raises(KeyError, match="resid_pre"):
+            state[bad]
+    with pytest.raises(ValueError, match="stop_at"):
+        runner.run_from(model, state, 2, stop_at=1)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_check_reproduces_passes_and_catches_a_runner_that_differs(name, monkeypatch):
+    model = tiny_model(name)
+    ids, mask = tiny_batch()
+    assert runner.check_reproduces(model, ids, mask) < 1e-4
+    original = runner.run_blocks
+
+    def one_block_short(model, state, h, steps):  # a runner that silently drops the last block
+        return original(model, state, h, list(steps)[:-1])
+
+    monkeypatch.setattr(runner, "run_blocks", one_block_short)
+    with pytest.raises(RuntimeError, match="does not reproduce"):
+        runner.check_reproduces(model, ids, mask)

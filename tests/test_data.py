@@ -155,3 +155,47 @@ def test_user_facts_are_validated_with_line_numbers(tmp_path):
     blank_answer.write_text(json.dumps({"prompt": "a", "answer": "  "}) + "\n")
     with pytest.raises(ValueError, match="line 1 has no non-empty string field 'answer'"):
         data.load(str(blank_answer))
+
+
+def test_dataset_files_cover_what_every_loader_reads(monkeypatch):
+    import fnmatch
+
+    assert set(data.DATASET_FILES) == set(data.DATASETS)
+    real_path, read = data.path, []
+    monkeypatch.setattr(data, "path", lambda rel, root=None: read.append(rel) or real_path(rel, root))
+    for name, (_, splits) in data.DATASETS.items():
+        for split in splits:
+            read.clear()
+            data.load(name, split)
+            assert read or name == "mmlu"  # mmlu globs its folder
+            for rel in read:
+                assert any(fnmatch.fnmatch(rel, g) for g in data.DATASET_FILES[name]), (name, rel)
+    root = data.data_dir()
+    assert len(list(root.glob("mmlu/test/*_test.csv"))) == 57 and len(list(root.glob("mmlu/dev/*_dev.csv"))) == 57
+
+
+def test_files_fingerprint_follows_file_contents_and_loader_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERLAB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    shutil.copytree(data.data_dir() / "glue" / "sst2", root / "glue" / "sst2")
+    shutil.copytree(data.data_dir() / "boolq", root / "boolq")
+    base = data.files_fingerprint(["sst2", "boolq"], root)
+    assert base == data.files_fingerprint(["boolq", "sst2", "boolq"], root)  # a set of datasets
+    assert base == data.files_fingerprint(["sst2", "boolq"])  # the real data dir: same files, same fingerprint
+    assert data.files_fingerprint(["sst2"], root) != base
+    f = root / "glue" / "sst2" / "dev.tsv"
+    f.write_text(f.read_text() + "one more line\t1\n")
+    assert data.files_fingerprint(["sst2", "boolq"], root) != base
+    shutil.copy(data.data_dir() / "glue" / "sst2" / "dev.tsv", f)
+    assert data.files_fingerprint(["sst2", "boolq"], root) == base
+
+    def other_loader(split, root):
+        return []
+
+    monkeypatch.setitem(data.DATASETS, "sst2", (other_loader, ("dev",)))
+    assert data.files_fingerprint(["sst2", "boolq"], root) != base
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"prompt": "p", "answer": "a"}\n')
+    one = data.files_fingerprint([str(facts)], root)
+    facts.write_text('{"prompt": "p", "answer": "b"}\n')
+    assert data.files_fingerprint([str(facts)], root) != one

@@ -18,7 +18,7 @@ import torch
 import transformers as tf
 
 import layerlab
-from layerlab import data, distributed, laser, painters, rank, results
+from layerlab import data, distributed, laser, models, painters, rank, results
 
 LASER_KW = dict(seed=0, device="cpu", dtype="float32", progress=False)
 
@@ -99,7 +99,7 @@ def test_sharded_laser_sweep_on_ray_matches_local(model_dir, raylet_pid, tmp_pat
         local = distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path / "local", **kw)
     on_ray = distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path / "ray",
                                           executor="ray", workers=2, **kw)
-    cpu32 = {"dtype": "float32", "device": "cpu"}
+    cpu32 = models.runtime_of(torch.float32, "cpu", models.fingerprint(model_dir))
     assert local == {"points": 26, "computed": 26, "tasks": 0, "runtime": cpu32}
     assert on_ray == {"points": 26, "computed": 26, "tasks": 2, "runtime": cpu32}
     assert not list((tmp_path / "ray").glob(".run-*"))  # the driver's marker for the workers is gone

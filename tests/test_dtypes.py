@@ -64,5 +64,6 @@ def test_runtime_is_part_of_every_key():
     from layerlab import results
     from tiny import tiny_model
     fp32, bf16 = models.runtime(tiny_model("llama")), models.runtime(tiny_model("llama", dtype=BF16))
-    assert fp32 == {"dtype": "float32", "device": "cpu"} and bf16["dtype"] == "bfloat16"
+    assert {k: fp32[k] for k in ("dtype", "device")} == {"dtype": "float32", "device": "cpu"}
+    assert bf16["dtype"] == "bfloat16"
     assert results.point_key("m", "laser", {}, "d", "test", fp32) != results.point_key("m", "laser", {}, "d", "test", bf16)

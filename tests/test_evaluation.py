@@ -64,3 +64,80 @@ def test_every_lm_eval_task_runs_on_smollm2():
             assert row["ci_low"] <= row["value"] <= row["ci_high"]
         else:
             assert row["value"] >= 1.0
+
+
+def _data_copy(tmp_path, real: tuple[str, ...]):
+    """A data dir in tmp_path: links to the real one's folders, real copies of ``real``."""
+    import shutil
+    from layerlab import data
+
+    src, dest = data.data_dir(), tmp_path / "data"
+    dest.mkdir()
+    for entry in src.iterdir():
+        if entry.name in real:
+            shutil.copytree(entry, dest / entry.name)
+        else:
+            (dest / entry.name).symlink_to(entry)
+    return dest
+
+
+def test_tasks_fingerprint_follows_data_files_and_prompt_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERLAB_CACHE", str(tmp_path / "cache"))
+    root = _data_copy(tmp_path, ("boolq",))
+    base = ev.tasks_fingerprint(root)
+    assert base == ev.tasks_fingerprint() == ev.tasks_fingerprint(root)  # content, not location
+    f = root / "boolq" / "val.jsonl"
+    original = f.read_bytes()
+    edited = original.replace(b'"question": "does', b'"question": "Does', 1)
+    assert edited != original
+    f.write_bytes(edited)
+    changed = ev.tasks_fingerprint(root)
+    assert changed != base
+    f.write_bytes(original)
+    assert ev.tasks_fingerprint(root) == base
+
+    def other_prompt(row: dict) -> str:
+        return row["question"] + "\nAnswer (A, B, C or D):"
+
+    monkeypatch.setattr(ev, "_mmlu_prompt", other_prompt)
+    assert ev.tasks_fingerprint(root) != base
+    monkeypatch.undo()
+    monkeypatch.setenv("LAYERLAB_CACHE", str(tmp_path / "cache"))
+    assert ev.tasks_fingerprint(root) == base
+    monkeypatch.setattr(ev, "SHUFFLE_SEED", 99)
+    assert ev.tasks_fingerprint(root) != base
+
+
+def test_tidy_lm_eval_rows_against_a_hand_computation():
+    import math
+
+    out = {"results": {
+        "layerlab_boolq": {"alias": "boolq", "acc,none": 0.62, "acc_stderr,none": 0.0488},
+        "layerlab_gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.1, "exact_match_stderr,strict-match": 0.03,
+                           "exact_match,flexible-extract": 0.0, "exact_match_stderr,flexible-extract": "N/A"},
+        "layerlab_truthfulqa_mc2": {"alias": "mc2", "acc,none": 0.45, "acc_stderr,none": 0.02},
+        "layerlab_lambada": {"alias": "lambada", "perplexity,none": 30.0, "perplexity_stderr,none": 2.0,
+                             "acc,none": 0.3, "acc_stderr,none": 0.046},
+    }, "n-samples": {"layerlab_boolq": {"original": 3270, "effective": 100},
+                     "layerlab_gsm8k": {"original": 1319, "effective": 50},
+                     "layerlab_truthfulqa_mc2": {"original": 817, "effective": 817},
+                     "layerlab_lambada": {"original": 5153, "effective": 100}}}
+    rows = ev.tidy_lm_eval(out, ["boolq", "gsm8k", "truthfulqa_mc2", "lambada"]).set_index(["dataset", "metric"])
+
+    def wilson(k, n, z=1.959963984540054):  # the closed form, written out independently
+        centre = (k + z * z / 2) / (n + z * z)
+        half = z / (n + z * z) * math.sqrt(k * (n - k) / n + z * z / 4)
+        return centre - half, centre + half
+
+    expect = {("boolq", "acc"): (0.62, 100, 0.0488, wilson(62, 100)),
+              ("gsm8k", "exact_match[strict-match]"): (0.1, 50, 0.03, wilson(5, 50)),
+              ("gsm8k", "exact_match[flexible-extract]"): (0.0, 50, float("nan"), (0.0, wilson(0, 50)[1])),
+              ("truthfulqa_mc2", "acc"): (0.45, 817, 0.02, (0.45 - 1.96 * 0.02, 0.45 + 1.96 * 0.02)),
+              ("lambada", "perplexity"): (30.0, 100, 2.0, (30.0 - 3.92, 30.0 + 3.92)),
+              ("lambada", "acc"): (0.3, 100, 0.046, wilson(30, 100))}
+    assert set(rows.index) == set(expect)  # alias and stderr entries are not rows
+    for key, (value, n, se, (lo, hi)) in expect.items():
+        r = rows.loc[key]
+        assert r["value"] == value and r["n_items"] == n
+        assert (math.isnan(se) and math.isnan(r["stderr"])) or r["stderr"] == se
+        assert r["ci_low"] == pytest.approx(lo, abs=1e-9) and r["ci_high"] == pytest.approx(hi, abs=1e-9)

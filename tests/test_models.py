@@ -85,3 +85,65 @@ def test_qwen_coder_assembles_to_the_pinned_hash_and_runs_in_bf16(tmp_path):
         logits = model(**ids, use_cache=False).logits
     assert torch.isfinite(logits.float()).all()
     assert tok.decode(logits[0, -1].argmax()).isspace()  # a working code model indents the function body
+
+
+def _save_tiny(folder, seed: int):
+    """A tiny Llama with its tokenizer saved to ``folder`` (overwriting what is there)."""
+    from tokenizers import Tokenizer, models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
+    tiny_model("llama", seed=seed).save_pretrained(folder)
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel({"a": 0, "<unk>": 1}, "<unk>")),
+                                  eos_token="a", unk_token="<unk>")
+    tok.save_pretrained(folder)
+
+
+def test_a_folder_overwritten_with_new_weights_gets_a_new_fingerprint(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("LAYERLAB_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    _save_tiny(folder, seed=0)
+    first = layerlab.load(str(folder))[0]
+    fp0 = models.runtime(first)["weights"]
+    assert fp0 == first.layerlab_weights == models.fingerprint(str(folder))  # the planner's, without loading
+    assert (tmp_path / "cache" / "sha256.json").exists()  # the files' hashes are kept for the next load
+    _save_tiny(folder, seed=1)  # the same folder, other weights
+    fp1 = models.runtime(layerlab.load(str(folder))[0])["weights"]
+    assert fp1 != fp0 and fp1 == models.fingerprint(str(folder))
+    _save_tiny(folder, seed=0)  # the first weights again: the first fingerprint
+    assert models.fingerprint(str(folder)) == fp0
+    shutil.copytree(folder, tmp_path / "elsewhere")  # where the folder lies is not part of it
+    assert models.fingerprint(str(tmp_path / "elsewhere")) == fp0
+
+
+def test_runtime_has_weights_dtype_device_and_versions():
+    from importlib.metadata import version
+
+    model = tiny_model("llama")
+    rt = models.runtime(model)
+    assert set(rt) == {"dtype", "device", "weights", "versions"}
+    assert (rt["dtype"], rt["device"]) == ("float32", "cpu")
+    assert rt["versions"] == {"torch": version("torch"), "transformers": version("transformers"),
+                              "lm_eval": version("lm-eval")}
+    assert rt["weights"].startswith("state:")
+    assert models.runtime(tiny_model("llama", seed=1))["weights"] != rt["weights"]
+    assert models.runtime(tiny_model("llama"))["weights"] == rt["weights"]  # the same weights, the same hash
+    # computed once and cached: an in-place edit (as LASER's, restored afterwards) does not change it
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert models.runtime(model) == rt
+
+
+def test_planner_keys_match_the_loaded_model(tmp_path, monkeypatch):
+    from layerlab import distributed
+
+    monkeypatch.setenv("LAYERLAB_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    _save_tiny(folder, seed=0)
+    planned = distributed._plan("local", "cpu", "float32", None, model=str(folder))[0]
+    loaded = layerlab.load(str(folder), dtype="float32", device="cpu")[0]
+    assert planned == models.runtime(loaded) == models.runtime(distributed._key_model(planned))
+    distributed.check_runtime(planned, loaded)
+    with pytest.raises(ValueError, match="weights"):
+        distributed.check_runtime({**planned, "weights": "other"}, loaded)

@@ -2,6 +2,7 @@ import hashlib
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -115,11 +116,6 @@ def test_sweep_stores_every_point_and_protocol_reports_intervals(tmp_path):
     assert set(table["split"]) == {"val", "test"}
     n_val = table[(table.split == "val") & (table.metric == "acc")]["n_items"].iloc[0]
     assert n_val == 6  # 20% of 30
-    best = laser.select_best(table)
-    val = table[(table.split == "val") & (table.metric == "acc")]
-    assert val["value"].max() == pytest.approx(
-        val[(val.matrix_type == (best.matrix_type if best else "base"))
-            & (val.layer == (best.layer if best else -1))]["value"].max())
     report = laser.protocol(sweeper, table)
     assert report["n_test"] == 24
     lo, hi = report["base_acc_ci"]
@@ -130,6 +126,31 @@ def test_sweep_stores_every_point_and_protocol_reports_intervals(tmp_path):
     again = laser.Sweeper(model, CharTokenizer(), "tiny", task, store)
     laser.sweep(again, ["mlp_in", "mlp_out"], [2, 3], [0.1, 0.5], progress=False)
     assert again._scorer is None
+
+
+def _val_table(points):
+    """Summary rows of a sweep: points = [(matrix_type, layer, rho, val acc, val nll)]."""
+    rows = []
+    for t, layer, rho, acc, nll in points:
+        for metric, value in (("acc", acc), ("nll", nll)):
+            for split in ("val", "test"):  # test rows are 1 - val: selection must not look at them
+                rows.append({"matrix_type": t, "layer": layer, "rho": rho, "n_reductions": int(t != "base"),
+                             "split": split, "metric": metric, "value": value if split == "val" else 1 - value})
+    return pd.DataFrame(rows)
+
+
+def test_selection_is_decided_by_validation_data():
+    base = ("base", -1, 1.0, 0.5, 2.0)
+    one_wins = _val_table([("mlp_in", 3, 0.1, 0.4, 1.0), base, ("mlp_out", 2, 0.5, 0.6, 2.5),
+                           ("mlp_in", 2, 0.1, 0.5, 1.5)])
+    assert laser.select_best(one_wins) == rank.Reduction("mlp_out", 2, 0.5)
+    # equal accuracy: the lower validation loss decides
+    assert laser.select_best(_val_table([base, ("mlp_in", 1, 0.1, 0.5, 1.9)])) == rank.Reduction("mlp_in", 1, 0.1)
+    none_wins = _val_table([("mlp_in", 3, 0.1, 0.4, 1.0), ("mlp_out", 2, 0.5, 0.5, 2.0), base])
+    assert laser.select_best(none_wins) is None  # a tie with the unmodified model keeps it, in any row order
+    assert laser.select_best(none_wins.iloc[::-1]) is None
+    with pytest.raises(ValueError, match="mixes protocols"):
+        laser.select_best(pd.concat([one_wins, one_wins]))
 
 
 def test_greedy_only_keeps_improvements(tmp_path):

@@ -80,3 +80,24 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
     assert not set(second_log) & stored_before  # nothing already stored was recomputed
     assert set(second_log) | stored_before == set(table["key"])
     assert table["value"].notna().all()
+
+
+def test_point_key_depends_on_every_runtime_field():
+    rt = {"dtype": "float32", "device": "cpu", "weights": "abc",
+          "versions": {"torch": "2.13.0", "transformers": "5.23.0", "lm_eval": "0.4.9"}}
+    base = dict(model="m", technique="t", intervention={"rho": 0.1}, dataset="d", split="test", runtime=rt)
+    k = results.point_key(**base)
+    for change in ({"dtype": "bfloat16"}, {"device": "cuda"}, {"weights": "abd"},
+                   {"versions": {**rt["versions"], "torch": "2.12.0"}},
+                   {"versions": {**rt["versions"], "transformers": "5.22.0"}},
+                   {"versions": {**rt["versions"], "lm_eval": "0.4.8"}}):
+        assert results.point_key(**{**base, "runtime": {**rt, **change}}) != k
+    assert results.CODE_VERSION == "3"
+
+
+def test_items_hash_names_the_sample_not_its_order():
+    h = results.items_hash(["a", "b", "c"])
+    assert h == results.items_hash(["c", "a", "b"]) == results.items_hash(iter(["b", "c", "a"]))
+    assert h != results.items_hash(["a", "b"]) and h != results.items_hash(["a", "b", "d"])
+    assert h != results.items_hash(["a", "b", "c", "c"])  # a repeated item counts
+    assert results.items_hash([1, 2]) == results.items_hash(["1", "2"])

@@ -46,6 +46,24 @@ def atlas(store: results.ResultStore, model: str, n_block: int = 1) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
+def models(store: results.ResultStore) -> list[str]:
+    """Every model with a stored result in any chapter."""
+    found: set[str] = set()
+    for technique in ("laser", "prune_distance", "prune", "painters", "painters_layer"):
+        t = store.table(technique)
+        if len(t):
+            found |= set(t["model"])
+    return sorted(found)
+
+
+def verdict_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Claims per paper and verdict (rows: paper; columns: the four verdicts, total)."""
+    verdict = table["verdict"].str.split(":").str[0]
+    counts = pd.crosstab(table["paper"], verdict).reindex(columns=list(verdicts.VERDICTS), fill_value=0)
+    counts.loc["all papers"] = counts.sum()
+    return counts.assign(total=counts.sum(axis=1))
+
+
 def atlas_correlations(frame: pd.DataFrame) -> pd.DataFrame:
     """Spearman correlations between the lenses across layers."""
     wide = frame.pivot_table(index="layer", columns="lens", values="value")
@@ -109,47 +127,9 @@ def holds_then_falls(curve: pd.DataFrame, chance: float) -> dict:
 def claims(store: results.ResultStore) -> pd.DataFrame:
     """Every headline claim of the three papers that the stored results can test: one
     row per (claim, model) with the paper's number, ours, the interval and a verdict."""
-    from . import laser as laser_mod
+    from . import laser_claims
 
-    rows = []
-    laser = store.table("laser")
-    items = store.table("laser_items")
-    for model in sorted(laser["model"].unique()) if len(laser) else []:
-        for ds, paper_row in (("counterfact", "counterfact"), ("fever", "fever")):
-            t = laser[(laser.model == model) & (laser.dataset == ds)]
-            if not len(t):
-                continue
-            t = t[(t.n_reductions <= 1) & ~t.protocol.str.endswith("valonly")]
-            best = laser_mod.select_best(t)
-            p = laser_mod.PAPER_TABLE1.set_index("dataset").loc[paper_row]
-            it = items[(items.model == model) & (items.dataset == ds) & (items.split == "test")]
-            base_items = _test_items(it, t[t.matrix_type == "base"]["key"].iloc[0])
-            if best is None:
-                ours, interval, ok = "no reduction beats the unmodified model on validation", "", False
-            else:
-                sel = t[(t.matrix_type == best.matrix_type) & (t.layer == best.layer) & (t.rho == best.rho)]
-                change, interval, ok = _paired_change(base_items, _test_items(it, sel["key"].iloc[0]))
-                ours = f"{change} ({best.matrix_type}, layer {best.layer}/{int(t['layer'].max()) + 1}, rho {best.rho})"
-            rows.append({"paper": "LASER", "claim": f"a single rank reduction raises {ds} test accuracy",
-                         "paper's number": f"{p.paper_model}: {p.paper_base}% → {p.paper_laser}%",
-                         "model": model, "ours": ours, "interval": interval, "verdict": _verdict(ok)})
-            composed = laser[(laser.model == model) & (laser.dataset == ds) & (laser.n_reductions > 1)
-                             & ~laser.protocol.str.endswith("valonly")]
-            if ds == "counterfact" and len(composed):
-                # the greedy composition's final point (its candidates are stored as valonly points)
-                n_red = int(composed["n_reductions"].max())
-                key = composed[composed.n_reductions == n_red]["key"].iloc[0]
-                change, interval, ok = _paired_change(base_items, _test_items(it, key))
-                rows.append({"paper": "LASER", "claim": "composing reductions across layers (greedy) raises counterfact test accuracy",
-                             "paper's number": "GPT-J: further gains over the best single reduction (Sec. 5.1)",
-                             "model": model, "ours": f"{change} ({n_red} reductions)", "interval": interval,
-                             "verdict": _verdict(ok)})
-            if ds == "counterfact" and best is not None:
-                late = best.layer >= (t["layer"].max() + 1) / 2 and best.matrix_type in ("mlp_in", "mlp_out", "gate")
-                rows.append({"paper": "LASER", "claim": "the best reduction is in a late-layer MLP matrix",
-                             "paper's number": "GPT-J: U_in at layer 27 of 28", "model": model,
-                             "ours": f"{best.matrix_type} at layer {best.layer}", "interval": "",
-                             "verdict": _verdict(late)})
+    rows = laser_claims.claim_rows(store)
     curve = store.table("prune")
     for model in sorted(curve["model"].unique()) if len(curve) else []:
         c = curve[(curve.model == model) & (~curve.healed.astype(bool)) & (curve.method == "similarity")]

@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import bz2
 import csv
-import hashlib
 import json
 import os
 import re
-import sys
-import urllib.request
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -297,106 +293,19 @@ def load(name: str, split: str | None = None, data_dir: str | os.PathLike | None
     return loader(split, data_dir)
 
 
-# ---------------------------------------------------------------------------- make data
-
-def manifest() -> list[dict]:
-    return json.loads(resources.files("layerlab").joinpath("data_manifest.json").read_text())["files"]
-
-
-def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# ``make data`` and the fingerprints live in data_fetch; their names are read here too (lazily:
+# data_fetch imports this module)
+_FETCH_NAMES = ("DATASET_FILES", "DERIVATIONS", "cached_sha256", "fetch", "files_fingerprint", "main",
+                "manifest", "sha256")
 
 
-def _derive_fever_paper_test(root: Path) -> bytes:
-    dev_ids = {r["id"] for r in _jsonl(root / "fever/paper_dev.jsonl")}
-    rows = [{"id": r["id"], "label": r["label"], "claim": r["claim"], "evidence_pages": r["evidence_pages"]}
-            for r in _json(root / "fever/shared_task_dev_claims.json") if r["id"] not in dev_ids]
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
-
-
-def _derive_winogrande_dev(root: Path) -> bytes:
-    pattern = re.compile(r"sentence: (.*)\n\nOption1: (.*) Option2: (.*) Answer format: option1/option2", re.S)
-    out = []
-    for r in _json(root / "winogrande/winogrande_dev_llm_adapters_instruction_format.json"):
-        sentence, o1, o2 = pattern.search(r["instruction"]).groups()
-        out.append({"sentence": sentence, "option1": o1, "option2": o2, "answer": r["answer"][-1]})
-    return "".join(json.dumps(r) + "\n" for r in out).encode()
-
-
-DERIVATIONS: dict[str, Callable[[Path], bytes]] = {
-    "fever_paper_test": _derive_fever_paper_test,
-    "winogrande_dev": _derive_winogrande_dev,
-}
-
-
-def _write_verified(target: Path, payload: bytes, expected: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
-    tmp.write_bytes(payload)
-    got = sha256(tmp)
-    if got != expected:
-        tmp.unlink()
-        target.unlink(missing_ok=True)
-        raise ChecksumMismatch(f"{target}: sha256 {got} does not match the manifest's {expected}; the file was deleted")
-    os.replace(tmp, target)
-
-
-def fetch(root: str | os.PathLike | None = None, entries: list[dict] | None = None,
-          mirror: str | None = None, log=print) -> dict[str, list[str]]:
-    """Fetch every manifest file missing from the data dir, then verify every file.
-
-    mirror: URL template with {repo}, {commit}, {path} (default ``$LAYERLAB_DATA_MIRROR`` or
-    GitHub raw). A downloaded file that mismatches is discarded; an existing file that
-    mismatches is moved aside (``<name>.mismatch-<sha>``); both raise ChecksumMismatch.
-    Returns {"fetched": [...], "derived": [...], "verified": [...], "unavailable": [...]}.
-    """
-    root = data_dir(root)
-    entries = manifest() if entries is None else entries
-    mirror = mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR
-    report: dict[str, list[str]] = {"fetched": [], "derived": [], "verified": [], "unavailable": []}
-    ordered = sorted(entries, key=lambda e: "derived" in e)  # sources before derivations
-    for e in ordered:
-        target = root / e["path"]
-        if target.exists():
-            got = sha256(target)
-            if got != e["sha256"]:  # never delete a user's file: move it aside and say where
-                aside = target.with_name(f"{target.name}.mismatch-{got[:8]}")
-                os.replace(target, aside)
-                raise ChecksumMismatch(f"{target}: sha256 {got} does not match the manifest's {e['sha256']}; "
-                                       f"the file was moved aside to {aside}. Run `make data` again to fetch it.")
-            report["verified"].append(e["path"])
-            continue
-        if "repo" in e:
-            url = mirror.format(repo=e["repo"], commit=e["commit"], path=e["source_path"])
-            log(f"fetching {e['path']} from {e['repo']}@{e['commit'][:10]}")
-            with urllib.request.urlopen(url, timeout=120) as resp:
-                payload = resp.read()
-            _write_verified(target, payload, e["sha256"])
-            report["fetched"].append(e["path"])
-        elif e.get("derived") in DERIVATIONS:
-            _write_verified(target, DERIVATIONS[e["derived"]](root), e["sha256"])
-            report["derived"].append(e["path"])
-        else:
-            report["unavailable"].append(e["path"])
-    return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != "fetch":
-        print("usage: python -m layerlab.data fetch [DATA_DIR]")
-        return 2
-    report = fetch(argv[1] if len(argv) > 1 else None)
-    for k, v in report.items():
-        print(f"{k}: {len(v)}")
-    if report["unavailable"]:
-        print("not fetched automatically (see SOURCES.md):", *report["unavailable"], sep="\n  ")
-    return 0
+def __getattr__(name: str):
+    if name in _FETCH_NAMES:
+        from . import data_fetch
+        return getattr(data_fetch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from layerlab.data_fetch import main
     raise SystemExit(main())

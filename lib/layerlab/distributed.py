@@ -89,9 +89,12 @@ def _connect(address: str | None) -> None:
                               "with `ray start --head`, or pass None to start a local Ray instance.") from None
 
 
-def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=None) -> tuple[dict, int, dict]:
-    """(runtime, number of Ray tasks, Ray resources of each). runtime: the {"dtype", "device"}
-    that ``models.runtime`` will report for the model the points run on (part of every key).
+def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=None,
+          model: str | None = None) -> tuple[dict, int, dict]:
+    """(runtime, number of Ray tasks, Ray resources of each). runtime: the dict that
+    ``models.runtime`` will report for the model the points run on (part of every key):
+    dtype, device type, the weights' fingerprint (``models.fingerprint(model)``, from the
+    files, no model loaded) and package versions.
 
     On Ray: one GPU per task when the cluster has GPUs and ``device`` allows it (as many
     tasks as GPUs by default), else one task per node by default, each with an equal share
@@ -100,7 +103,7 @@ def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=No
         return models.runtime(loaded[0]), 0, {}
     if executor == "local":
         dev = models.resolve_device(device)
-        return models.runtime_of(models.resolve_dtype(dtype, dev), dev.type), 0, {}
+        return models.runtime_of(models.resolve_dtype(dtype, dev), dev.type, models.fingerprint(model)), 0, {}
     import ray
 
     if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -111,13 +114,14 @@ def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=No
     if device == "cuda" and not gpus:
         raise ValueError("device: 'cuda', but the Ray cluster has no GPU; use 'auto' or 'cpu'")
     if gpus:
-        return models.runtime_of(models.resolve_dtype(dtype, torch.device("cuda")), "cuda"), workers or gpus, \
+        weights = models.fingerprint(model)
+        return models.runtime_of(models.resolve_dtype(dtype, torch.device("cuda")), "cuda", weights), workers or gpus, \
             {"num_gpus": 1, "num_cpus": 1}
     node_cpus = [int(n["Resources"]["CPU"]) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
     if not node_cpus:
         raise RuntimeError("the Ray cluster has no node with a CPU to run tasks on")
     n = workers or len(node_cpus)
-    return (models.runtime_of(models.resolve_dtype(dtype, torch.device("cpu")), "cpu"), n,
+    return (models.runtime_of(models.resolve_dtype(dtype, torch.device("cpu")), "cpu", models.fingerprint(model)), n,
             {"num_cpus": max(1, min(min(node_cpus), sum(node_cpus) // n))})
 
 
@@ -125,7 +129,7 @@ def _key_model(runtime: dict):
     """Stands in for a model where only ``models.runtime`` reads it, so that the driver
     computes the keys of points with the techniques' own key code, loading no model."""
     p = types.SimpleNamespace(dtype=getattr(torch, runtime["dtype"]), device=torch.device(runtime["device"]))
-    return types.SimpleNamespace(parameters=lambda: iter([p]))
+    return types.SimpleNamespace(parameters=lambda: iter([p]), layerlab_weights=runtime["weights"])
 
 
 def balance(costs: Sequence[float], n: int) -> list[list[int]]:
@@ -241,9 +245,9 @@ def run_laser_points(model: str, dataset: str, points: Sequence[Sequence[rank.Re
     ``laser.sweep``) afterwards.
 
     Returns counts and the runtime the points ran on: {"points", "computed", "tasks",
-    "runtime": {"dtype", "device"}}."""
+    "runtime": {"dtype", "device", "weights", "versions"}} (``models.runtime``)."""
     validate_executor(executor, ray_address)  # before anything is loaded
-    runtime, n_tasks, resources = _plan(executor, device, dtype, workers, loaded)
+    runtime, n_tasks, resources = _plan(executor, device, dtype, workers, loaded, model)
     source, results_dir, data_dir = _paths(model, results_dir, data_dir)
     if dataset not in laser.DATASETS and Path(dataset).is_file():  # a user file, named by stem and content
         dataset = str(Path(dataset).resolve())
@@ -299,7 +303,7 @@ def run_painters_specs(model: str, specs: Sequence[painters.Spec], tasks, limits
     Returns {"points", "computed", "tasks", "runtime"}: counts of (spec, benchmark) pairs
     and Ray tasks, and the runtime they ran on."""
     validate_executor(executor, ray_address)
-    runtime, n_tasks, resources = _plan(executor, device, dtype, workers, loaded)
+    runtime, n_tasks, resources = _plan(executor, device, dtype, workers, loaded, model)
     source, results_dir, data_dir = _paths(model, results_dir, data_dir)
     store = results.ResultStore(results_dir)
     per_spec = {s: list(tasks[s] if isinstance(tasks, dict) else tasks) for s in specs}
@@ -330,10 +334,14 @@ def _check_stored(store: results.ResultStore, technique: str, keys) -> None:
 
 
 def check_runtime(ran: dict, model) -> None:
-    """Refuse to go on when the workers ran another dtype or device type than the notebook's
-    own model: its keys would not find their points, and it would recompute them."""
+    """Refuse to go on when the workers ran another runtime (dtype, device type, weights or
+    package versions) than the notebook's own model: its keys would not find their points,
+    and it would recompute them."""
     here = models.runtime(model)
     if ran != here:
-        raise ValueError(f"device/dtype: the Ray workers ran {ran['dtype']} on {ran['device']}, but this notebook "
-                         f"loaded the model in {here['dtype']} on {here['device']}; pass -p device and -p dtype "
-                         "explicitly so that both agree")
+        diff = {k: (ran.get(k), here.get(k)) for k in sorted(set(ran) | set(here)) if ran.get(k) != here.get(k)}
+        hint = ("pass -p device and -p dtype explicitly so that both agree" if {"dtype", "device"} & set(diff)
+                else "the workers must load the same model files with the same package versions")
+        raise ValueError("runtime: the Ray workers' runtime differs from this notebook's model in "
+                         + "; ".join(f"{k}: workers {a!r}, here {b!r}" for k, (a, b) in diff.items())
+                         + f"; {hint}")

@@ -5,6 +5,19 @@ prepared JSONL files: ``prepare_tasks`` turns the data dir's files into them wit
 loaders of ``layerlab.data`` (so lm-eval and layerlab's own metrics see the same items),
 shuffled once with a fixed seed so that a ``limit`` takes a random sample rather than
 the first subject or file section. The YAMLs get absolute paths at run time.
+
+What ``seed`` does, and does not: ``lm_eval(..., seed=s)`` seeds lm-eval's random,
+numpy and torch generators and its few-shot sampler, so with GSM8K (5 shots drawn from
+the train file) a seed picks other few-shot examples; generation is greedy. It does
+**not** resample the evaluated items: ``limit=n`` takes the first n rows of each prepared
+file, which is shuffled once with ``SHUFFLE_SEED`` whatever ``seed`` is, so every seed
+evaluates the same n items (MMLU's 5 shots are the first 5 dev rows of the subject,
+fixed too). Compare seeds on LASER's own splits (``laser.split_of``), not on lm-eval.
+
+Keys: ``tasks_fingerprint(data_dir)`` fingerprints what the prepared tasks are made from
+(the data files' hashes, the prompt-building code, the YAML templates, ``SHUFFLE_SEED``):
+put it in the key of every lm-eval point, so that a changed data file or prompt makes a
+new point; it also names the prepared folder, which is rebuilt when it changes.
 """
 
 from __future__ import annotations
@@ -26,6 +39,10 @@ from . import data as data_mod
 from .models import cache_dir
 
 SHUFFLE_SEED = 1234
+# the datasets the prepared lm-eval tasks read, and the functions here that build their prompts
+LM_EVAL_DATASETS = ("mmlu", "boolq", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "lambada", "gsm8k",
+                    "truthfulqa")
+PROMPT_FUNCTIONS = ("_mmlu_prompt", "_mmlu_header", "_prepared_rows")
 LM_EVAL_TASKS = {
     "mmlu": "layerlab_mmlu",
     "mmlu_5shot": "layerlab_mmlu_5shot",
@@ -133,19 +150,34 @@ def _prepared_rows(root) -> dict[str, list[dict]]:
     return out
 
 
-def prepare_tasks(data_dir: str | os.PathLike | None = None, target: str | os.PathLike | None = None) -> Path:
-    """Write the prepared JSONL files and the task YAMLs (absolute paths) to a folder and
-    return it, for ``lm_eval.tasks.TaskManager(include_path=...)``. Cached by data dir and
-    package version; reused when present."""
+def tasks_fingerprint(data_dir: str | os.PathLike | None = None) -> str:
+    """A short hex fingerprint of the prepared lm-eval tasks of a data dir: the data files
+    they read and their loaders (``data.files_fingerprint(LM_EVAL_DATASETS)``), the source
+    of the prompt-building functions (``PROMPT_FUNCTIONS``), the task templates,
+    ``SHUFFLE_SEED`` and layerlab's version; not where the data dir lies. Cheap after the
+    first call (file hashes are cached by path, size and mtime): put it in the key of
+    every lm-eval point."""
+    import inspect
+
     from . import __version__
 
     root = data_mod.data_dir(data_dir)
     templates = resources.files("layerlab").joinpath("tasks")
-    fingerprint = hashlib.sha256(
-        (str(root) + __version__ + "".join(t.read_text() for t in sorted(templates.iterdir(), key=lambda t: t.name)
-                                            if t.name.endswith((".yaml", ".py")))).encode()
-    ).hexdigest()[:16]
-    folder = Path(target) if target else cache_dir().parent / "lm_eval_tasks" / fingerprint
+    parts = [__version__, SHUFFLE_SEED, data_mod.files_fingerprint(LM_EVAL_DATASETS, root),
+             [inspect.getsource(globals()[name]) for name in PROMPT_FUNCTIONS],
+             [[t.name, t.read_text()] for t in sorted(templates.iterdir(), key=lambda t: t.name)
+              if t.name.endswith((".yaml", ".py"))]]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def prepare_tasks(data_dir: str | os.PathLike | None = None, target: str | os.PathLike | None = None) -> Path:
+    """Write the prepared JSONL files and the task YAMLs (absolute paths) to a folder and
+    return it, for ``lm_eval.tasks.TaskManager(include_path=...)``. Cached under
+    ``tasks_fingerprint(data_dir)``: reused while data files, prompt code and templates
+    are unchanged, rebuilt when any of them changes."""
+    root = data_mod.data_dir(data_dir)
+    templates = resources.files("layerlab").joinpath("tasks")
+    folder = Path(target) if target else cache_dir().parent / "lm_eval_tasks" / tasks_fingerprint(root)
     if (folder / ".complete").exists():
         return folder
     tmp = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.tmp")  # private: parallel workers never collide
@@ -185,15 +217,17 @@ def lm_eval(model, tokenizer, tasks: list[str], limit: int | float | None = None
         raise ValueError(f"unknown eval task(s) {bad}; allowed: {', '.join(LM_EVAL_TASKS)}")
     import lm_eval as lm_eval_pkg
     import torch
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from .lm_eval_model import ScoredPositionsLM
 
     include = prepare_tasks(data_dir)
     manager = TaskManager(include_path=str(include), include_defaults=False)
     device = str(next(model.parameters()).device)
     # log-softmax in float32 whatever the model's dtype: in bf16 two choices' log-likelihoods
-    # (sums of ~10-nat terms) would be rounded to ~0.06 nats and near ties would flip
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
+    # (sums of ~10-nat terms) would be rounded to ~0.06 nats and near ties would flip.
+    # ScoredPositionsLM: lm-eval's HFLM, with the output head computed only at scored positions
+    lm = ScoredPositionsLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
               softmax_dtype=torch.float32)
     names = [LM_EVAL_TASKS[t] for t in tasks]
     out = lm_eval_pkg.simple_evaluate(
@@ -205,6 +239,10 @@ def lm_eval(model, tokenizer, tasks: list[str], limit: int | float | None = None
 
 
 def tidy_lm_eval(out: dict, tasks: list[str]) -> pd.DataFrame:
+    """Tidy rows (dataset, metric, value, stderr, n_items, ci_low, ci_high) of an lm-eval
+    result dict: one per task and metric (filter in brackets unless "none"). Accuracies
+    and exact matches get a Wilson interval over the effective n; other metrics (and
+    TruthfulQA MC2, a mean of probabilities) value +- 1.96 stderr, clipped below at 0."""
     rows = []
     for t in tasks:
         name = LM_EVAL_TASKS[t]
@@ -237,7 +275,7 @@ def evaluate_model(model, tokenizer, tasks: list[str], limit: int | float | None
         frames.append(lm_eval(model, tokenizer, tasks, limit=limit, batch_size=batch_size,
                               data_dir=data_dir, seed=seed)[0])
     if loss_chunks is not None:
-        from .prune import normalised_loss
+        from .lm_loss import normalised_loss
         value, se = normalised_loss(model, loss_chunks)
         frames.append(pd.DataFrame([{"dataset": "heldout", "metric": "loss_norm", "value": value, "stderr": se,
                                      "n_items": int(len(loss_chunks)), "ci_low": value - 1.96 * se,

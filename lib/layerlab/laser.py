@@ -1,6 +1,6 @@
-"""The LASER workflow: tasks with the paper's metrics, the (tau, l, rho) sweep with the
-prefix cache, the 20% validation / 80% test protocol, greedy composition, and the
-analysis of what the removed higher-order components predict (paper Fig. 5).
+"""The LASER workflow: the (tau, l, rho) sweep with the prefix cache, the 20% validation /
+80% test protocol and greedy composition. Beside it: the tasks (``laser_tasks``), the
+claims judged by intervals (``laser_claims``) and the Fig. 5 analysis (``laser_analysis``).
 
 Metrics per item (all from one teacher-forced pass, see ``scoring``):
     answer tasks (CounterFact, HotpotQA, user facts; context = prompt, continuation =
@@ -16,37 +16,17 @@ Metrics per item (all from one teacher-forced pass, see ``scoring``):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from pathlib import Path
+import json
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
-from . import arch, data, evaluation, models, rank, results, scoring
+from . import arch, evaluation, models, papers, rank, results, scoring
+from .laser_tasks import DATASETS, NOT_REPLICATED, Task, build_task, dataset_name, item_metrics  # noqa: F401
 
 TECHNIQUE = "laser"
-DATASETS = ("counterfact", "hotpotqa", "fever", "truthfulqa", "epistemic_reasoning")
-NOT_REPLICATED = {
-    "bias_in_bios": "Bias in Bios (profession and gender) is not in the data: no fetchable public copy was found "
-                    "(only pickles, which were not taken because loading a pickle can run code).",
-    "qa_wikidata": "BIG-bench qa_wikidata is not in the data: the task file is in no stored snapshot.",
-}
-
-
 PROFILES = ("smoke", "quick", "full")
-PAPER_RHOS = (0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05, 0.01)
-# The paper's Table 1 numbers this book quotes (from the project's DESIGN.md; other cells
-# of the paper's table are not transcribed here). Accuracy in %.
-PAPER_TABLE1 = pd.DataFrame([
-    {"dataset": "counterfact", "paper_model": "GPT-J", "paper_base": 13.1, "paper_laser": 24.0,
-     "paper_best": "U_in (mlp_in), layer 27, rho 0.01"},
-    {"dataset": "fever", "paper_model": "Llama-2-7B", "paper_base": 59.3, "paper_laser": 64.5, "paper_best": ""},
-    {"dataset": "bias_in_bios (gender)", "paper_model": "GPT-J", "paper_base": 70.9, "paper_laser": 97.5,
-     "paper_best": ""},
-])
-
 
 def limit_for(cfg: dict, dataset: str, full_grid: bool) -> int | None:
     """Items to sample for ``dataset`` under a profile config (``other_limit`` may be a
@@ -78,110 +58,9 @@ def profile_config(profile: str, n_layers: int, matrix_types: tuple[str, ...]) -
                 "other_limit": {"epistemic_reasoning": 40}, "other_limit_default": 80,
                 "greedy_layers": list(range(n_layers)), "greedy_rhos": [0.01, 0.1]}
     return {"datasets": list(DATASETS), "matrix_types": list(matrix_types), "layers": list(range(n_layers)),
-            "rhos": list(PAPER_RHOS), "limit": None, "other_layers": list(range(n_layers)),
-            "other_rhos": list(PAPER_RHOS), "other_limit": None, "greedy_layers": list(range(n_layers)),
-            "greedy_rhos": list(PAPER_RHOS)}
-
-
-@dataclass
-class Task:
-    """Rows to score for one dataset. Per row: context, continuation, the item it belongs
-    to and its choice index. Per item: id and gold choice (0 for answer tasks)."""
-
-    name: str
-    kind: str                 # "answer" or "choice"
-    accuracy: str             # "first_token", "greedy" or "choice"
-    item_ids: list[str]
-    contexts: list[str]
-    continuations: list[str]
-    row_item: np.ndarray
-    row_choice: np.ndarray
-    labels: np.ndarray
-    items: list[dict] = field(repr=False, default_factory=list)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    def subset(self, item_index: np.ndarray) -> "Task":
-        """The same task restricted to the given items (rows follow their items)."""
-        keep_items = np.asarray(item_index)
-        remap = {int(old): new for new, old in enumerate(keep_items)}
-        rows = np.flatnonzero(np.isin(self.row_item, keep_items))
-        return Task(self.name, self.kind, self.accuracy, [self.item_ids[i] for i in keep_items],
-                    [self.contexts[r] for r in rows], [self.continuations[r] for r in rows],
-                    np.array([remap[int(self.row_item[r])] for r in rows]), self.row_choice[rows],
-                    self.labels[keep_items], [self.items[i] for i in keep_items] if self.items else [])
-
-
-def _sample(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
-    if limit is None or limit >= len(rows):
-        return rows
-    idx = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
-    return [rows[i] for i in idx]
-
-
-def dataset_name(dataset: str) -> str:
-    """The name results are stored under: the benchmark name, or for a user file its
-    stem and content hash (a changed file is a different dataset)."""
-    if dataset in DATASETS:
-        return dataset
-    digest = hashlib.sha256(Path(dataset).read_bytes()).hexdigest()[:8]
-    return f"{Path(dataset).stem}@{digest}"
-
-
-def build_task(dataset: str, data_dir=None, limit: int | None = None, seed: int = 0) -> Task:
-    """Items of a LASER dataset (a name in DATASETS or a path to a user JSONL of
-    {"prompt", "answer"} rows), a random sample of ``limit`` of them if given."""
-    if dataset in NOT_REPLICATED:
-        raise ValueError(f"datasets: {dataset!r} cannot be run: {NOT_REPLICATED[dataset]}")
-    if dataset not in DATASETS and not Path(dataset).is_file():
-        raise ValueError(f"datasets: unknown {dataset!r}; allowed: {', '.join(DATASETS)}, "
-                         "or a path to a JSONL file of {\"prompt\", \"answer\"} rows")
-    if dataset == "truthfulqa":
-        rows = []
-        for q in data.load("truthfulqa", data_dir=data_dir):
-            for j, (answer, label) in enumerate(zip(q["mc2"]["choices"], q["mc2"]["labels"])):
-                rows.append({"id": f"{q['id']}/{j}", "label": label,
-                             "query": f"{q['question']} {answer} Is this statement true or false? "
-                                      "This statement is", "choices": [" false", " true"]})
-    elif dataset in DATASETS:
-        rows = data.load(dataset, data_dir=data_dir)
-    else:
-        rows = data.load_user_facts(dataset)
-    items = _sample(rows, limit, seed)
-    name = dataset_name(dataset)
-    if dataset in ("fever", "truthfulqa", "epistemic_reasoning"):
-        contexts, conts, row_item, row_choice = [], [], [], []
-        for i, r in enumerate(items):
-            for j, c in enumerate(r["choices"]):
-                contexts.append(r["query"])
-                conts.append(c)
-                row_item.append(i)
-                row_choice.append(j)
-        return Task(name, "choice", "choice", [r["id"] for r in items], contexts, conts, np.array(row_item),
-                    np.array(row_choice), np.array([r["label"] for r in items]), items)
-    accuracy = "greedy" if dataset == "hotpotqa" else "first_token"
-    return Task(name, "answer", accuracy, [r["id"] for r in items], [r["prompt"] for r in items],
-                [" " + r["answer"].strip() for r in items], np.arange(len(items)), np.zeros(len(items), int),
-                np.zeros(len(items), int), items)
-
-
-def item_metrics(task: Task, s: scoring.RowScores) -> pd.DataFrame:
-    """Per item: id, correct (0/1), nll, and for answer tasks acc@10 and first_top."""
-    if task.kind == "answer":
-        correct = s.first_rank == 0 if task.accuracy == "first_token" else s.greedy
-        return pd.DataFrame({"item": task.item_ids, "correct": correct.astype(float),
-                             "acc@10": (s.first_rank < 10).astype(float),
-                             "nll": -s.logprob / s.n_tokens, "first_top": s.first_top})
-    n, k = task.n_items, int(task.row_choice.max()) + 1
-    lp = np.full((n, k), -np.inf)
-    ntok = np.ones((n, k))
-    lp[task.row_item, task.row_choice] = s.logprob
-    ntok[task.row_item, task.row_choice] = s.n_tokens
-    gold = np.arange(n), task.labels
-    return pd.DataFrame({"item": task.item_ids, "correct": (lp.argmax(1) == task.labels).astype(float),
-                         "nll": -lp[gold] / ntok[gold]})
+            "rhos": list(papers.LASER_RHOS), "limit": None, "other_layers": list(range(n_layers)),
+            "other_rhos": list(papers.LASER_RHOS), "other_limit": None, "greedy_layers": list(range(n_layers)),
+            "greedy_rhos": list(papers.LASER_RHOS)}
 
 
 def split_of(item_ids: list[str], seed: int, val_fraction: float = 0.2) -> np.ndarray:
@@ -275,7 +154,9 @@ class Sweeper:
 
     def _describe(self, reductions: list[rank.Reduction]) -> dict:
         one = reductions[0] if len(reductions) == 1 else None
-        return {"model": self.model_name, "technique": TECHNIQUE, "dataset": self.task.name, "protocol": self.split_spec,
+        rt = models.runtime(self.model)  # runtime_id: a short hash of all of it (weights, versions)
+        rid = hashlib.sha256(json.dumps(rt, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return {"model": self.model_name, "runtime": f"{rt['dtype']}/{rt['device']}", "runtime_id": rid, "technique": TECHNIQUE, "dataset": self.task.name, "protocol": self.split_spec,
                 "matrix_type": one.matrix_type if one else ("base" if not reductions else "composed"),
                 "layer": one.layer if one else -1, "rho": one.rho if one else 1.0,
                 "part": one.part if one else "top", "n_reductions": len(reductions),
@@ -301,12 +182,27 @@ def sweep(sweeper: Sweeper, matrix_types, layers, rhos, progress: bool = True) -
 
 
 def select_best(table: pd.DataFrame) -> rank.Reduction | None:
-    """The best single reduction on the validation split: highest accuracy, ties broken
-    by lower nll. The unmodified model competes too; None when it is (one of) the best,
-    since it comes first in a stable sort."""
-    val = table[table["split"] == "val"]
-    wide = val.pivot_table(index=["matrix_type", "layer", "rho"], columns="metric", values="value").reset_index()
-    wide = wide.sort_values(["acc", "nll"], ascending=[False, True], kind="stable")
+    """The best single reduction on the validation split of one protocol's table: highest
+    accuracy, ties broken by lower nll, then by the unmodified model (None when it is one
+    of the best), then deeper layer, matrix type and larger rho (a fixed order, never the
+    table's row order). Compositions (n_reductions > 1) do not compete. Raises ValueError
+    when the table holds two rows for one (matrix_type, layer, rho, split, metric), i.e.
+    points of several protocols (seeds, limits, dtypes, code versions): filter first."""
+    t = table[table["n_reductions"] <= 1] if "n_reductions" in table else table
+    point = ["matrix_type", "layer", "rho", "split", "metric"]
+    dup = t.duplicated(point, keep=False)
+    if dup.any():
+        where = t[dup].iloc[0]
+        cols = [c for c in ("protocol", "runtime", "runtime_id", "code_version") if c in t]
+        raise ValueError(f"select_best: {int(dup.sum())} rows share a point (e.g. {where.matrix_type}, layer "
+                         f"{where.layer}, rho {where.rho}, {where.split} {where.metric}): the table mixes protocols "
+                         f"({', '.join(f'{c}: {sorted(map(str, t[c].unique()))}' for c in cols)}); "
+                         "keep the rows of one protocol")
+    val = t[t["split"] == "val"]
+    wide = val.pivot(index=["matrix_type", "layer", "rho"], columns="metric", values="value").reset_index()
+    wide["modified"] = wide["matrix_type"] != "base"
+    wide = wide.sort_values(["acc", "nll", "modified", "layer", "matrix_type", "rho"],
+                            ascending=[False, True, True, False, True, False], kind="stable")
     top = wide.iloc[0]
     if top["matrix_type"] == "base":
         return None
@@ -366,32 +262,3 @@ def greedy(sweeper: Sweeper, matrix_types, layers, rhos, progress: bool = True) 
                           "val_acc": acc, "val_nll": nll})
     final = sweeper.point(kept)
     return {"kept": kept, "trace": pd.DataFrame(trace), "table": final}
-
-
-@torch.no_grad()
-def component_predictions(sweeper: Sweeper, best: rank.Reduction, item_rows: list[int]) -> pd.DataFrame:
-    """For the given items (answer tasks), the top-1 first-token prediction of the LASER
-    model (top components kept) and of the model with only the removed higher-order
-    components (part='bottom'), and the cosine similarity of each prediction's output
-    embedding to the true answer's first token (paper Fig. 5)."""
-    task = sweeper.task
-    if task.kind != "answer":
-        raise ValueError("component_predictions needs an answer task (e.g. counterfact)")
-    emb = arch.head(sweeper.model).weight.detach()
-    gold = [sweeper.tok(task.continuations[i], add_special_tokens=False)["input_ids"][0] for i in item_rows]
-    preds = {}
-    for part in ("top", "bottom"):
-        r = rank.Reduction(best.matrix_type, best.layer, best.rho, part)
-        with rank.reduced(sweeper.model, r, sweeper.svd):
-            preds[part] = sweeper.scorer.score(best.layer).first_top[item_rows]
-    cos = lambda a, b: torch.nn.functional.cosine_similarity(  # noqa: E731
-        emb[a.to(emb.device)].float(), emb[b.to(emb.device)].float(), dim=-1).cpu().numpy()
-    g = torch.tensor(gold)
-    return pd.DataFrame({
-        "prompt": [task.contexts[i] for i in item_rows],
-        "answer": [task.continuations[i].strip() for i in item_rows],
-        "top_prediction": [sweeper.tok.decode([t]) for t in preds["top"]],
-        "bottom_prediction": [sweeper.tok.decode([t]) for t in preds["bottom"]],
-        "cos_top": cos(torch.tensor(preds["top"]), g),
-        "cos_bottom": cos(torch.tensor(preds["bottom"]), g),
-    })

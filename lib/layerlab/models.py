@@ -4,12 +4,17 @@ packages) and any Hugging Face id or local folder, on a chosen device and dtype.
 GGUF files are dequantised once into a safetensors cache (``cache_dir()``, default the
 user cache dir, overridable with ``LAYERLAB_CACHE``); later loads read the cache.
 
+Every loaded model carries a fingerprint of its weight files (``model.layerlab_weights``,
+see ``folder_fingerprint``); ``runtime(model)`` puts it, dtype, device type and package
+versions into every results key.
+
 Device and dtype (the notebooks' ``device`` and ``dtype`` parameters): "auto" picks CUDA
 when present, else the CPU; and bfloat16 on CUDA, float32 on the CPU.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -197,16 +202,17 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     return DTYPES[dtype]
 
 
-def runtime(model: nn.Module) -> dict:
-    """What a measured number depends on besides the weights: the model's dtype and device
-    type (part of every results key: a bf16 point is not an fp32 point)."""
-    p = next(model.parameters())
-    return runtime_of(p.dtype, p.device.type)
+from .provenance import (FINGERPRINT_SUFFIXES, VERSIONED_PACKAGES, _hub_fingerprint,  # noqa: E402,F401
+                         folder_fingerprint, package_versions, runtime, runtime_of, weights_fingerprint)
 
 
-def runtime_of(dtype: torch.dtype, device_type: str) -> dict:
-    """The runtime dict of ``runtime`` for a model not loaded here (e.g. on a Ray worker)."""
-    return {"dtype": str(dtype).removeprefix("torch."), "device": device_type}
+def fingerprint(name_or_path: str) -> str:
+    """The fingerprint ``load(name_or_path)`` attaches to its model, without loading it:
+    of the resolved folder's files (``folder_fingerprint``; for a GGUF registry model its
+    converted safetensors cache, converting it first if needed), or of a Hub id's commit.
+    ``runtime_of`` takes it, so that a planner's keys match those of the loaded model."""
+    source = resolve(name_or_path)
+    return folder_fingerprint(source) if Path(source).is_dir() else _hub_fingerprint(source)
 
 
 def _config_error(name_or_path: str, source: str, err: OSError) -> OSError:
@@ -248,8 +254,25 @@ def load(name_or_path: str, dtype: str | torch.dtype = "auto", device: str | tor
     model = auto.from_pretrained(source, dtype=torch_dtype, **placement).eval()
     if torch_device.type != "cuda":
         model.to(torch_device)
+    # the weights' fingerprint, taken from the files now, before any intervention edits them
+    model.layerlab_weights = folder_fingerprint(source) if Path(source).is_dir() else _hub_fingerprint(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"  # the runner and the scorers take right-padded batches
+    _check_runner(model, tokenizer)
     return model, tokenizer
+
+
+def _check_runner(model: nn.Module, tokenizer) -> None:
+    """The layer runner calls each block with the arguments transformers passed it; check
+    on one short batch that it reproduces this model's own forward pass (raises if not).
+    Architectures without an entry in ``arch.ARCHS`` are left to fail where they are used."""
+    from . import arch, runner
+
+    try:
+        arch.arch_of(model)
+    except ValueError:
+        return
+    enc = tokenizer(["The layer runner checks itself.", "Hi"], return_tensors="pt", padding=True)
+    runner.check_reproduces(model, enc["input_ids"], enc["attention_mask"])

@@ -1,7 +1,11 @@
 """A resumable results store: tidy parquet, one row per measured point.
 
-Each point is keyed by (model, technique, intervention, dataset, split, code version) and
-stored as its own small parquet shard, written to a temporary file and renamed into
+Each point is keyed by everything that changes its number (``point_key``): model name,
+technique, intervention, dataset, split, the runtime (``models.runtime``: weights
+fingerprint, dtype, device type, torch / transformers / lm-eval versions), the code
+version, and whatever the caller adds to the intervention or dataset: the data files'
+fingerprint (``data.files_fingerprint`` or ``evaluation.tasks_fingerprint``) and the item
+sample (``items_hash``). It is stored as its own small parquet shard, written to a temporary file and renamed into
 place, so a killed run leaves either the whole point or nothing. ``ResultStore.table``
 reads every shard into one tidy table with at least the columns of ``REQUIRED``.
 
@@ -22,18 +26,29 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CODE_VERSION = "2"  # 2: keys carry dtype and device type
+CODE_VERSION = "3"  # 2: keys carry dtype and device type; 3: weights fingerprint and package versions
 REQUIRED = ("model", "technique", "dataset", "split", "metric", "value", "n_items")
 
 
 def point_key(model: str, technique: str, intervention: dict, dataset: str, split: str,
               runtime: dict | None = None, code_version: str = CODE_VERSION) -> str:
-    """A stable hex key for one measured point. ``intervention``: JSON-able parameters;
-    ``runtime``: what else the number depends on (``models.runtime(model)``: dtype and
-    device type), so that a bf16 point is never reused for fp32."""
+    """A stable hex key for one measured point. ``intervention``: JSON-able parameters
+    (put the data's fingerprint and ``items_hash`` of the sample in it, or in ``dataset``);
+    ``runtime``: what else the number depends on (``models.runtime(model)``: weights
+    fingerprint, dtype, device type, package versions), so that a bf16 point is never
+    reused for fp32, nor a point of overwritten weights for the new ones."""
     payload = json.dumps([model, technique, intervention, dataset, split, runtime or {}, code_version],
                          sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def items_hash(item_ids: Iterable[str]) -> str:
+    """A short hex hash of an item sample for a results key. Order-insensitive: the
+    multiset of ids defines the sample (every metric is a mean or sum over items, so the
+    order they run in does not change the number beyond float round-off); a repeated id
+    counts twice. Ids are compared as strings."""
+    ids = sorted(str(i) for i in item_ids)
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
 class ResultStore:

@@ -43,6 +43,26 @@ class ResidualState:
     def n_layers(self) -> int:
         return len(self.block_args)
 
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """A named state, TransformerLens-style: ``"resid_pre.{l}"`` is the residual stream
+        entering block l (l = 0..L; ``resid_pre.L`` is the last block's output) and
+        ``"resid_post.{l}"`` the output of block l (= ``resid_pre.{l+1}``), [batch, seq, d_model]."""
+        kind, _, index = name.partition(".")
+        if kind not in STATE_NAMES or not index.lstrip("-").isdigit():
+            raise KeyError(f"state {name!r}: allowed names are resid_pre.<l> (l = 0..{self.n_layers}) "
+                           f"and resid_post.<l> (l = 0..{self.n_layers - 1})")
+        layer = int(index) + (kind == "resid_post")
+        if not 0 <= layer <= self.n_layers or (kind == "resid_post" and layer == 0):
+            raise KeyError(f"state {name!r}: layer out of range; allowed: resid_pre.0..resid_pre.{self.n_layers}, "
+                           f"resid_post.0..resid_post.{self.n_layers - 1}")
+        h = self.hidden[layer]
+        if h is None:
+            raise KeyError(f"state {name!r} was not kept by capture(keep=...)")
+        return h
+
+
+STATE_NAMES = ("resid_pre", "resid_post")
+
 
 def _block_output(out) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
@@ -163,18 +183,24 @@ def finish(model: nn.Module, h: torch.Tensor, positions: torch.Tensor | None = N
 
 @torch.no_grad()
 def run_from(model: nn.Module, state: ResidualState, layer: int, h: torch.Tensor | None = None,
-             positions: torch.Tensor | None = None) -> torch.Tensor:
-    """Finish the forward pass from block ``layer`` (0..L): blocks layer..L-1, norm, head.
+             positions: torch.Tensor | None = None, stop_at: int | None = None) -> torch.Tensor:
+    """Run blocks ``layer`` .. ``stop_at`` - 1 on the residual stream entering ``layer``.
 
-    h defaults to the captured state entering ``layer``.
+    layer: 0..L. h: defaults to the captured state entering ``layer`` [batch, seq, d_model].
+    stop_at: None (default) finishes the pass (all blocks, final norm, head) and returns
+        logits [batch, seq or k, vocab]; a block index layer..L returns the residual stream
+        entering that block (``resid_pre.{stop_at}``), no norm or head.
     """
     if not 0 <= layer <= state.n_layers:
         raise ValueError(f"layer {layer} out of range; allowed: 0..{state.n_layers}")
+    if stop_at is not None and not layer <= stop_at <= state.n_layers:
+        raise ValueError(f"stop_at {stop_at} out of range; allowed: {layer}..{state.n_layers} (or None: to the head)")
     if h is None:
         h = state.hidden[layer]
         if h is None:
             raise ValueError(f"the state entering block {layer} was not kept by capture(keep=...)")
-    return finish(model, run_blocks(model, state, h, range(layer, state.n_layers)), positions)
+    h = run_blocks(model, state, h, range(layer, state.n_layers if stop_at is None else stop_at))
+    return h if stop_at is not None else finish(model, h, positions)
 
 
 def full_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,3 +214,25 @@ def full_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
             return arch.base_model(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
+
+
+def check_reproduces(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                     atol: float | None = None) -> float:
+    """Check that capture + run_from(0) reproduces the model's own forward pass on a batch
+    (the runner calls each block with the arguments transformers passed it, which a new
+    architecture may change). Returns the largest absolute difference over real tokens;
+    raises RuntimeError when it exceeds ``atol`` (default: 1e-4 in float32, 5e-2 otherwise,
+    relative to the largest logit)."""
+    dtype = next(model.parameters()).dtype
+    atol = (1e-4 if dtype == torch.float32 else 5e-2) if atol is None else atol
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    ours = run_from(model, capture(model, input_ids, mask), 0).float()
+    theirs = full_logits(model, input_ids, mask).float()
+    real = mask.to(ours.device).bool()
+    diff = float((ours - theirs).abs()[real].max())
+    scale = max(1.0, float(theirs.abs()[real].max()))
+    if diff > atol * scale:
+        raise RuntimeError(f"the layer runner does not reproduce {type(model).__name__}'s forward pass "
+                           f"(max |logit difference| {diff:.3g} > {atol * scale:.3g}); this architecture's "
+                           "blocks take arguments the runner does not pass on: see layerlab.arch")
+    return diff

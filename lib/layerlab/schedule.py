@@ -132,12 +132,13 @@ class _Slot(nn.Module):
                 return self.block(hidden_states, *args, **kwargs)
             if self.first:
                 self.group["input"], self.group["sum"] = hidden_states, None
-            out = self.block(self.group["input"], *args, **kwargs)
-            out = out[0] if isinstance(out, tuple) else out
+            raw = self.block(self.group["input"], *args, **kwargs)
+            out = raw[0] if isinstance(raw, tuple) else raw
             self.group["sum"] = out if self.group["sum"] is None else self.group["sum"] + out
-            if not self.last:
-                return hidden_states  # ignored by the next member, which reads group["input"]
-            return self.group["sum"] / self.size
+            # the next member reads group["input"]; the last returns the average. Either way the
+            # output keeps the block's own form (a tuple for GPT-J/GPT-2 style blocks)
+            result = self.group["sum"] / self.size if self.last else hidden_states
+            return (result, *raw[1:]) if isinstance(raw, tuple) else result
         finally:
             for m, idx in zip(owners, saved):
                 m.layer_idx = idx

@@ -1,0 +1,62 @@
+"""What the three papers report: every number and claim the book sets beside ours, in one
+place, each with the table, figure or section it comes from.
+
+Only the cells the book compares against are transcribed. Accuracies are in %; fractions
+of layers in [0, 1]. Chapters, claims and tests read these names; nothing else in the
+library hard-codes a paper's number.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------- LASER
+# Sharma, Ash, Misra (2023), "The Truth is in There", arXiv 2312.13558.
+
+LASER = "LASER"
+LASER_RHOS = (0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05, 0.01)  # Sec. 4: the rank fractions swept
+# Table 1: base and LASER test accuracy (the best (tau, l, rho) chosen on a 20% validation split)
+LASER_TABLE1 = [
+    {"dataset": "counterfact", "paper_model": "GPT-J", "paper_base": 13.1, "paper_laser": 24.0,
+     "paper_best": "U_in, layer 27 of 28, rho 0.01", "source": "Table 1"},
+    {"dataset": "fever", "paper_model": "Llama-2-7B", "paper_base": 59.3, "paper_laser": 64.5,
+     "paper_best": "", "source": "Table 1"},
+    {"dataset": "bias_in_bios (gender)", "paper_model": "GPT-J", "paper_base": 70.9, "paper_laser": 97.5,
+     "paper_best": "", "source": "Table 1"},
+]
+LASER_BEST_LOCATION = "GPT-J: U_in (the MLP's input matrix) at layer 27 of 28 (Table 1, Fig. 2)"
+LASER_GREEDY = "GPT-J: composing reductions across layers gives further gains over the best single one (Sec. 5.1)"
+LASER_FIG5 = ("GPT-J CounterFact, items LASER corrects: the full matrix's removed bottom components predict "
+              "generic high-frequency words (e.g. 'the', 'of', 'and') instead of the answer (Fig. 5)")
+# Table 2 (Sokoban, a Decision Transformer): % of levels solved and the paper's "return"
+LASER_TABLE2 = {"model": "Decision Transformer (6 layers; Appendix B says 5)", "env": "10x10 gym-sokoban",
+                "base_solved": 50.67, "laser_solved": 53.0, "base_return": 0.575, "laser_return": 0.965,
+                "n_levels_inferred": 300, "text": "Sec. 5.3: LASER solves 3% more tasks", "source": "Table 2"}
+
+# ---------------------------------------------------------------------------- Gromov et al.
+# Gromov, Tirumala, Shapourian, Glorioso, Roberts (2024), "The Unreasonable Ineffectiveness of
+# the Deeper Layers", arXiv 2403.17887.
+
+GROMOV = "Gromov"
+# Fig. 2: fraction of layers dropped at which MMLU accuracy falls to chance (25%)
+GROMOV_MMLU_CHANCE_FRACTION = {"Llama-2": (0.45, 0.55), "Mistral-7B": (0.35, 0.35), "Phi-2": (0.25, 0.25),
+                               "Qwen": (0.20, 0.20)}
+GROMOV_HOLDS_THEN_FALLS = "MMLU: 45-55% Llama-2, 35% Mistral-7B, 25% Phi-2, 20% Qwen (Fig. 2)"
+GROMOV_HEALING = "LoRA healing repairs much of pruning's loss increase: healed loss close to unpruned (Fig. 3)"
+GROMOV_SIMILARITY_VS_DEEPEST = "before healing, the similarity-chosen block has lower loss than dropping the deepest layers (Fig. 5)"
+GROMOV_HEALED_HEURISTIC = "after healing, dropping the deepest layers nearly matches similarity pruning (Fig. 5, Sec. 4.3)"
+GROMOV_DEEP_END = "l*(n), the most similar block, lies in the deeper layers for most n (Fig. 1c, Fig. 4)"
+
+# ---------------------------------------------------------------------------- Painters
+# Sun, Pickett, Nain, Jones (2024), "Transformer Layers as Painters", arXiv 2407.09298.
+
+PAINTERS = "Painters"
+PAINTERS_CLAIMS = {
+    "shared_space": "middle layers share a representation space: high cosine similarity between their "
+                    "hidden states (Fig. 3)",
+    "not_all_needed": "skipping middle layers degrades gracefully: not all layers are necessary (Fig. 4, Sec. 3.2)",
+    "middle_repeat_worst": "running one middle layer in place of all (middle repeat) is the worst variant (Fig. 9)",
+    "order": "random order beats reverse, and both beat skipping the layers (Figs. 6-7)",
+    "parallel_gsm8k": "running the middle layers in parallel collapses on GSM8K (math) more than elsewhere (Fig. 8)",
+    "looped_parallel": "looping parallel layers (3 iterations) beats a single parallel pass (Fig. 10)",
+    "best_loops_grow": "the best loop count grows with the number of parallel layers (Fig. 10)",
+    "encoder": "a fine-tuned BERT degrades gracefully under the same variants on GLUE (Appendix, encoder)",
+}

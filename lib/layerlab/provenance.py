@@ -1,0 +1,105 @@
+"""Provenance of a measured number: the fingerprint of the model's weights and the
+versions of the packages that computed it. ``runtime(model)`` gathers them (with dtype and
+device type) into the dict that is part of every results key (``results.point_key``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# the files of a model folder that its fingerprint covers: weights, config, tokenizer
+FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".tiktoken")
+VERSIONED_PACKAGES = ("torch", "transformers", "lm_eval")
+
+
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """A short hex fingerprint of a model folder's contents: the SHA-256 of each weight,
+    config and tokenizer file (``FINGERPRINT_SUFFIXES``, top level, hidden files left out),
+    with its name. Each file's hash is cached by path, size and mtime
+    (``data.cached_sha256``), so a model's files are read once per machine; a folder
+    overwritten with new weights gets a new fingerprint, the same weights saved again the
+    same one. Where the folder lies is not part of it."""
+    from .data_fetch import cached_sha256
+
+    root = Path(folder)
+    files = sorted(f for f in root.iterdir()
+                   if f.is_file() and not f.name.startswith(".") and f.name.endswith(FINGERPRINT_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"{root}: no model files ({', '.join(FINGERPRINT_SUFFIXES)}) to fingerprint")
+    listing = "\n".join(f"{f.name} {cached_sha256(f)}" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+def _hub_fingerprint(repo_id: str) -> str:
+    """A Hub model by its commit (files at a commit never change): the cached snapshot's
+    commit where one is cached (always so offline), else the Hub's current one."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True, allow_patterns=["config.json"])
+    except Exception:  # noqa: BLE001 - not cached: ask the Hub (downloads config.json only)
+        try:
+            folder = snapshot_download(repo_id, allow_patterns=["config.json"])
+        except Exception as err:  # noqa: BLE001
+            from .models import _config_error
+            raise _config_error(repo_id, repo_id, OSError(str(err))) from None
+    return f"hub:{repo_id}@{Path(folder).name}"
+
+
+def weights_fingerprint(model) -> str:
+    """The fingerprint of a model's weights as loaded: the one ``load`` attached
+    (``model.layerlab_weights``), else, for a model built elsewhere (a tiny random model
+    in the tests), a hash of its state dict (names, dtypes, shapes, bytes), computed on
+    first use and cached on the model. Cached once, never recomputed: LASER and the
+    other temporary interventions edit weights in place, and the key must name the
+    unmodified weights; so call this (or ``runtime``) before any in-place edit of a
+    model that ``load`` did not load."""
+    cached = getattr(model, "layerlab_weights", None)
+    if cached:
+        return cached
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    model.layerlab_weights = "state:" + h.hexdigest()[:16]
+    return model.layerlab_weights
+
+
+def package_versions() -> dict:
+    """Installed versions of the packages a number depends on (None: not installed)."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str | None:
+        try:
+            return version(package.replace("_", "-"))
+        except PackageNotFoundError:
+            return None
+    return {package: installed(package) for package in VERSIONED_PACKAGES}
+
+
+def runtime(model: nn.Module) -> dict:
+    """What a measured number depends on besides the intervention and the data: the
+    model's weights (``weights_fingerprint``), dtype and device type, and the versions of
+    torch, transformers and lm-eval. Part of every results key: a bf16 point is not an
+    fp32 point, and a folder overwritten with new weights is a new model."""
+    p = next(model.parameters())
+    return runtime_of(p.dtype, p.device.type, weights_fingerprint(model))
+
+
+def runtime_of(dtype: torch.dtype, device_type: str, weights: str) -> dict:
+    """The runtime dict of ``runtime`` for a model not loaded here (a planner that keys
+    points before Ray workers load the model): ``weights`` is ``fingerprint(name)``."""
+    return {"dtype": str(dtype).removeprefix("torch."), "device": device_type, "weights": weights,
+            "versions": package_versions()}

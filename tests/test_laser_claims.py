@@ -1,0 +1,129 @@
+"""LASER claim verdicts from intervals, on constructed result stores (no model runs)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from layerlab import laser, laser_claims, results, verdicts
+
+N_VAL, N_TEST = 20, 80
+PROTO = "val20-test80-seed0-n100-limit100"
+
+
+def put_point(store, reductions, val_right, test_right, protocol=PROTO, model="m", dataset="counterfact",
+              runtime="float32/cpu"):
+    """Store one point like ``laser.Sweeper.point`` does: ``val_right``/``test_right`` are
+    how many of the first items of each split the point gets right."""
+    splits = np.array(["val"] * N_VAL + ["test"] * N_TEST, dtype=object)
+    correct = np.r_[np.arange(N_VAL) < val_right, np.arange(N_TEST) < test_right].astype(float)
+    per_item = pd.DataFrame({"item": [f"i{j:03d}" for j in range(N_VAL + N_TEST)], "correct": correct,
+                             "nll": 1.0 - 0.5 * correct})
+    one = reductions[0] if len(reductions) == 1 else None
+    describe = {"model": model, "technique": "laser", "dataset": dataset, "protocol": protocol, "runtime": runtime,
+                "matrix_type": one[0] if one else ("base" if not reductions else "composed"),
+                "layer": one[1] if one else -1, "rho": one[2] if one else 1.0, "part": "top",
+                "n_reductions": len(reductions), "reductions": ";".join(f"{t}@{l}:{r}" for t, l, r in reductions)}
+    key = results.point_key(model, "laser", [list(r) for r in reductions], dataset, protocol, {"rt": runtime})
+    store.put("laser_items", key, per_item.assign(model=model, technique="laser_items", dataset=dataset,
+                                                  split=splits, metric="item", value=correct, n_items=1))
+    store.put("laser", key, laser.summarise(per_item, splits, describe))
+
+
+def by_claim(store, words):
+    return [r for r in laser_claims.claim_rows(store) if words in r["claim"]]
+
+
+def sweep(store, chosen_val, chosen_test, where=("mlp_in", 3, 0.01), **kw):
+    put_point(store, [], 10, 40, **kw)
+    put_point(store, [("mlp_out", 3, 0.5)], 9, 38, **kw)   # a worse point; layer 3 makes 4 layers
+    put_point(store, [where], chosen_val, chosen_test, **kw)
+
+
+def test_a_transferring_late_mlp_gain_agrees(tmp_path):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 70)
+    (gain,) = by_claim(store, "single rank reduction")
+    assert gain["verdict"] == verdicts.AGREES and "GPT-J" in gain["paper's number"]
+    assert "mlp_in [fc_up; U_in if the MLP has no gate], layer 3 of 4" in gain["ours"]
+    (late,) = by_claim(store, "late-layer MLP")
+    assert late["verdict"] == verdicts.AGREES
+
+
+def test_a_best_in_an_early_attention_matrix_disagrees_on_location(tmp_path):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 70, where=("q", 0, 0.01))
+    (late,) = by_claim(store, "late-layer MLP")
+    assert late["verdict"] == verdicts.DISAGREES and "q [W_q]" in late["ours"]
+
+
+def test_no_reduction_chosen_on_validation_disagrees_and_location_is_not_testable(tmp_path):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 10, 70)  # ties the base on validation: the unmodified model wins the tie
+    (gain,) = by_claim(store, "single rank reduction")
+    assert gain["verdict"] == verdicts.DISAGREES and "0 by construction" in gain["ours"]
+    (late,) = by_claim(store, "late-layer MLP")
+    assert late["verdict"].startswith(verdicts.NOT_TESTABLE)
+
+
+def test_a_gain_that_does_not_transfer_is_inconclusive(tmp_path):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 41)
+    (gain,) = by_claim(store, "single rank reduction")
+    assert gain["verdict"] == verdicts.INCONCLUSIVE
+    (late,) = by_claim(store, "late-layer MLP")
+    assert late["verdict"] == f"{verdicts.NOT_TESTABLE}: the best reduction does not beat the unmodified model"
+
+
+@pytest.mark.parametrize("composed_test, verdict", [(78, verdicts.AGREES), (70, verdicts.DISAGREES)])
+def test_greedy_is_judged_against_the_best_single_reduction(tmp_path, composed_test, verdict):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 70)
+    put_point(store, [("mlp_in", 3, 0.01), ("mlp_in", 2, 0.1)], 18, composed_test)
+    (greedy,) = by_claim(store, "greedy")
+    assert greedy["verdict"] == verdict  # 78 vs 70: beats it; 70 vs 70: Δ = 0 exactly, disagrees
+    assert "best single 87.5%" in greedy["ours"]
+    (late,) = by_claim(store, "late-layer MLP")
+    assert late["interval"] == by_claim(store, "single rank reduction")[0]["interval"]  # the gain's, not greedy's
+
+
+def test_protocols_are_never_mixed(tmp_path):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 70)
+    sweep(store, 10, 40, protocol=PROTO.replace("seed0", "seed1"))
+    table = store.table("laser")
+    with pytest.raises(ValueError, match="mixes protocols"):
+        laser.select_best(table)
+    gains = by_claim(store, "single rank reduction")
+    assert len(gains) == 2 and {g["verdict"] for g in gains} == {verdicts.AGREES, verdicts.DISAGREES}
+    assert all("seed" in g["model"] for g in gains)
+    # a dtype is a protocol too
+    store2 = results.ResultStore(tmp_path / "b")
+    sweep(store2, 16, 70)
+    sweep(store2, 16, 70, runtime="bfloat16/cuda")
+    assert len(by_claim(store2, "single rank reduction")) == 2
+
+
+def test_sweeper_rows_carry_their_protocol(tmp_path):
+    from layerlab import rank
+    from tiny import CharTokenizer, facts_file, tiny_model
+
+    task = laser.build_task(str(facts_file(tmp_path)))
+    sweeper = laser.Sweeper(tiny_model("llama"), CharTokenizer(), "tiny", task, results.ResultStore(tmp_path / "r"))
+    row = sweeper.point([rank.Reduction("mlp_in", 3, 0.5)]).iloc[0]
+    assert row.runtime == "float32/cpu" and len(row.runtime_id) == 8 and row.protocol == sweeper.split_spec
+
+
+def test_fever_gets_only_the_gain_row_and_an_empty_store_none(tmp_path):
+    assert laser_claims.claim_rows(results.ResultStore(tmp_path / "empty")) == []
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 70, dataset="fever")
+    rows = laser_claims.claim_rows(store)
+    assert [r["claim"] for r in rows] == ["a single rank reduction raises fever test accuracy"]
+    assert set(rows[0]) == set(laser_claims.COLUMNS)
+
+
+def test_paper_names():
+    assert laser_claims.paper_name("gate") == "gate [U_in]"
+    assert laser_claims.paper_name("mlp_in") == "mlp_in [fc_up]"
+    assert laser_claims.paper_name("mlp_in", gated=False) == "mlp_in [U_in]"
+    assert laser_claims.paper_name("mlp_out", gated=False) == "mlp_out [U_out]"
