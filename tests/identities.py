@@ -90,9 +90,9 @@ def schedule_identities(name: str, dtype: torch.dtype, device) -> tuple[float, f
     ref = runner.full_logits(model, ids, mask)
     state = runner.capture(model, ids, mask)
     in_order = runner.finish(model, runner.run_blocks(model, state, state.hidden[0],
-                                                      schedule.as_runner_steps(schedule.in_order(N_LAYERS))))
+                                                      schedule.in_order(N_LAYERS)))
     steps = [0, Parallel((1, 2), 3), 2, 3]
-    expected = runner.finish(model, runner.run_blocks(model, state, state.hidden[0], schedule.as_runner_steps(steps)))
+    expected = runner.finish(model, runner.run_blocks(model, state, state.hidden[0], steps))
     with schedule.scheduled(model, steps):
         got = runner.full_logits(model, ids, mask)
     return float((in_order - ref)[real].abs().max()), float((got - expected)[real].abs().max())

@@ -56,10 +56,10 @@ def test_painters_schedules_match_reference(name, variant):
                     "the plain reference runs a group under one position's mask")
     ids, mask = tiny_batch()
     steps = schedule.build(variant, N_LAYERS, 1, seed=3)
-    ref = reference.painters_logits(model, schedule.as_runner_steps(steps), ids, mask)
+    ref = reference.painters_logits(model, steps, ids, mask)
     state = runner.capture(model, ids, mask)
     runner_out = runner.finish(model, runner.run_blocks(model, state, state.hidden[0],
-                                                        schedule.as_runner_steps(steps)))
+                                                        steps))
     _close(runner_out, ref, mask, 1e-5)
     with schedule.scheduled(model, steps) as m:  # the real-model form (KV-cache slots)
         _close(runner.full_logits(m, ids, mask), ref, mask, 1e-5)
@@ -87,7 +87,7 @@ def test_references_on_smollm2(dtype, atol):
     steps = schedule.build("reverse", arch.n_layers(model), 10)
     with schedule.scheduled(model, steps) as m:
         _close(runner.full_logits(m, ids, mask),
-               reference.painters_logits(model, schedule.as_runner_steps(steps), ids, mask), mask, atol)
+               reference.painters_logits(model, steps, ids, mask), mask, atol)
     fast_d = prune.angular_distances(prune.last_token_states(model, [(ids, mask)]))
     np.testing.assert_allclose(fast_d, reference.gromov_distances(model, ids, mask), atol=1e-4 if dtype == torch.float32 else 2e-2,
                                equal_nan=True)

@@ -12,7 +12,7 @@ def test_in_order_schedule_reproduces_the_logits_exactly(name):
     ids, mask = tiny_batch()
     ref = runner.full_logits(model, ids, mask)
     state = runner.capture(model, ids, mask)
-    steps = schedule.as_runner_steps(schedule.in_order(N_LAYERS))
+    steps = schedule.in_order(N_LAYERS)
     got = runner.finish(model, runner.run_blocks(model, state, state.hidden[0], steps))
     real = mask.bool()
     assert torch.equal(got[real], ref[real])
@@ -26,7 +26,7 @@ def test_parallel_group_of_one_block_with_one_iteration_is_that_block():
     ids, mask = tiny_batch()
     state = runner.capture(model, ids, mask)
     plain = runner.run_blocks(model, state, state.hidden[0], [0, 1, 2, 3])
-    grouped = runner.run_blocks(model, state, state.hidden[0], schedule.as_runner_steps([0, Parallel((1,), 1), 2, 3]))
+    grouped = runner.run_blocks(model, state, state.hidden[0], [0, Parallel((1,), 1), 2, 3])
     assert torch.equal(plain, grouped)
 
 
@@ -37,7 +37,7 @@ def test_parallel_averages_block_outputs_on_a_shared_input():
     h = state.hidden[1]
     expected = (runner.call_block(model, state, 1, h) + runner.call_block(model, state, 2, h)) / 2
     expected = (runner.call_block(model, state, 1, expected) + runner.call_block(model, state, 2, expected)) / 2
-    got = runner.run_blocks(model, state, h, [([1, 2], 2)])
+    got = runner.run_blocks(model, state, h, [Parallel((1, 2), 2)])
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -72,7 +72,7 @@ def test_scheduled_model_matches_the_runner_and_generates_with_a_correct_cache(n
     model = tiny_model(name)
     ids, mask = tiny_batch()
     state = runner.capture(model, ids, mask)
-    expected = runner.finish(model, runner.run_blocks(model, state, state.hidden[0], schedule.as_runner_steps(steps)))
+    expected = runner.finish(model, runner.run_blocks(model, state, state.hidden[0], steps))
     blocks_before = list(arch.blocks(model))
     with schedule.scheduled(model, steps):
         got = runner.full_logits(model, ids, mask)

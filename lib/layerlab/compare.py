@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import evaluation, painters, prune, results, verdicts
+from . import evaluation, painters, prune_claims, results, verdicts
+from .prune_claims import holds_then_falls  # noqa: F401  (re-exported: tests call compare.holds_then_falls)
 
 
 def atlas(store: results.ResultStore, model: str, n_block: int = 1) -> pd.DataFrame:
@@ -86,95 +87,13 @@ def _paired_change(base: pd.Series, changed: pd.Series) -> tuple[str, str, bool]
             f"Δ {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]", lo > 0)
 
 
-def holds_then_falls(curve: pd.DataFrame, chance: float) -> dict:
-    """Gromov et al.'s headline, both halves judged by intervals, on one accuracy curve
-    (rows: fraction, value, ci_low, ci_high; fraction 0 = unpruned).
-
-    holds: the smallest pruned fraction keeps accuracy within the unpruned model's 95%
-        interval (agrees), or its own interval lies below it (disagrees);
-    falls: from some fraction on, every interval reaches chance, after the unpruned model
-        was above it (agrees); disagrees if the largest fraction is still above chance.
-    Not testable when the unpruned model is itself at chance. Returns {verdict, ours,
-    interval, chance_fraction}."""
-    c = curve.sort_values("fraction")
-    base = c[c.fraction == 0]
-    if not len(base):
-        return {"verdict": f"{verdicts.NOT_TESTABLE}: no unpruned point", "ours": "", "interval": "",
-                "chance_fraction": None}
-    b = base.iloc[0]
-    base_txt = f"unpruned {100 * b.value:.1f}% [{100 * b.ci_low:.1f}, {100 * b.ci_high:.1f}]"
-    if b.ci_low <= chance:
-        return {"verdict": f"{verdicts.NOT_TESTABLE}: at chance unpruned", "ours": base_txt, "interval": "",
-                "chance_fraction": None}
-    pruned = c[c.fraction > 0]
-    if not len(pruned):
-        return {"verdict": f"{verdicts.NOT_TESTABLE}: no pruned point", "ours": base_txt, "interval": "",
-                "chance_fraction": None}
-    first = pruned.iloc[0]
-    holds = (verdicts.AGREES if first.value >= b.ci_low else
-             verdicts.DISAGREES if first.ci_high < b.ci_low else verdicts.INCONCLUSIVE)
-    f = prune.chance_fraction(c, chance)
-    last = pruned.iloc[-1]
-    falls = (verdicts.AGREES if f is not None and f > 0 else
-             verdicts.DISAGREES if last.ci_low > chance else verdicts.INCONCLUSIVE)
-    ours = (f"{base_txt}; at fraction {first.fraction:.2f}: {100 * first.value:.1f}%; "
-            + (f"at chance from fraction {f:.2f}" if f is not None else
-               f"still {100 * last.value:.1f}% at fraction {last.fraction:.2f}"))
-    return {"verdict": verdicts.both(holds, falls), "ours": ours,
-            "interval": f"holds: {holds}; falls to chance: {falls}", "chance_fraction": f}
-
-
 def claims(store: results.ResultStore) -> pd.DataFrame:
     """Every headline claim of the three papers that the stored results can test: one
     row per (claim, model) with the paper's number, ours, the interval and a verdict."""
     from . import laser_claims
 
     rows = laser_claims.claim_rows(store)
-    curve = store.table("prune")
-    for model in sorted(curve["model"].unique()) if len(curve) else []:
-        c = curve[(curve.model == model) & (~curve.healed.astype(bool)) & (curve.method == "similarity")]
-        for task in ("mmlu", "boolq", "arc_easy", "hellaswag"):
-            part = c[(c.dataset == task) & (c.metric == "acc")]
-            if not len(part):
-                continue
-            judged = holds_then_falls(part, evaluation.CHANCE[task])
-            rows.append({"paper": "Gromov", "claim": f"{task} accuracy holds, then falls to chance past a model-dependent fraction",
-                         "paper's number": "MMLU: 45-55% Llama-2, 35% Mistral-7B, 25% Phi-2, 20% Qwen",
-                         "model": model, "ours": judged["ours"], "interval": judged["interval"],
-                         "verdict": judged["verdict"]})
-        loss = curve[(curve.model == model) & (curve.dataset == "heldout")]
-        healed = loss[loss.healed.astype(bool)]
-        full = loss[(~loss.healed.astype(bool)) & (loss.n == 0)]["value"]
-        for _, h in healed.iterrows():
-            un = loss[(~loss.healed.astype(bool)) & (loss.method == "similarity") & (loss.n == h.n)]
-            if len(un) and len(full):
-                before, base = un["value"].iloc[0], full.iloc[0]
-                recovered = (before - h.value) / (before - base) if before > base else float("nan")
-                rows.append({"paper": "Gromov", "claim": "LoRA healing repairs much of the loss increase of pruning",
-                             "paper's number": "healed loss close to unpruned (Fig. 3)", "model": model,
-                             "ours": f"n={int(h.n)}: loss/logV {base:.3f} unpruned, {before:.3f} pruned, "
-                                     f"{h.value:.3f} healed ({100 * recovered:.0f}% of the increase recovered)",
-                             "interval": f"± {1.96 * h.stderr:.3f}",
-                             "verdict": _verdict(before - h.value > 1.96 * h.stderr)})
-        sim_l = loss[(~loss.healed.astype(bool)) & (loss.method == "similarity") & (loss.n > 0)].set_index("n")["value"]
-        deep_l = loss[loss.method == "deepest"].set_index("n")["value"]
-        common = sim_l.index.intersection(deep_l.index)
-        if len(common):
-            wins = float((sim_l[common] <= deep_l[common]).mean())
-            rows.append({"paper": "Gromov", "claim": "before healing, similarity-based pruning beats the simple heuristic on loss",
-                         "paper's number": "similarity better (Fig. 5)", "model": model,
-                         "ours": f"better at {100 * wins:.0f}% of {len(common)} fractions", "interval": "",
-                         "verdict": _verdict(wins >= 0.5)})
-    dist = store.table("prune_distance")
-    for model in sorted(dist["model"].unique()) if len(dist) else []:
-        d = dist[dist.model == model]
-        n_layers = int(d["layer"].max()) + 1
-        starts = d.loc[d.groupby("n")["value"].idxmin()].rename(columns={"layer": "l*"})
-        deep = prune.deep_end_share(starts, n_layers)
-        rows.append({"paper": "Gromov", "claim": "the most redundant blocks (min angular distance) sit at the deep end",
-                     "paper's number": "l*(n) in the deeper layers for most n (Fig. 1c)", "model": model,
-                     "ours": f"{100 * deep:.0f}% of n = 1..{n_layers // 2} have l*(n) in the deeper half", "interval": "",
-                     "verdict": _verdict(deep >= 0.5)})
+    rows += prune_claims.claim_rows(store)  # Gromov et al.: the prune chapter's own verdicts
     pt = store.table("painters")
     for model in sorted(pt["model"].unique()) if len(pt) else []:
         norm = painters.normalise(pt[pt.model == model])

@@ -20,17 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import evaluation, rank, results, verdicts
+from . import evaluation, papers, rank, results, verdicts
 from . import decision_agent as agent_mod
 
 TECHNIQUE, ITEMS, PROTOCOL = "laser_sokoban", "laser_sokoban_items", "laser_sokoban_protocol"
 PROFILES = ("smoke", "quick", "full")
-PAPER_RHOS = (0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05, 0.01)
-# LASER (Sharma, Ash, Misra 2023) Table 2, Decision Transformer on 10x10 Sokoban; the
-# number of evaluation levels is not stated (the numbers look like k / 300).
-PAPER_TABLE2 = {"model": "Decision Transformer (6 layers; Appendix B says 5)", "env": "10x10 gym-sokoban",
-                "base_solved": 50.67, "laser_solved": 53.0, "base_return": 0.575, "laser_return": 0.965,
-                "n_levels_inferred": 300, "text": "Sec. 5.3: LASER solves 3% more tasks"}
+PAPER_RHOS = papers.LASER_RHOS
+# LASER Table 2 (papers.py); the number of evaluation levels is not stated (k / 300 inferred)
+PAPER_TABLE2 = papers.LASER_TABLE2
 
 
 def profile_config(profile: str) -> dict:

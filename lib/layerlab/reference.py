@@ -123,8 +123,9 @@ class _Averaged(nn.Module):
 
 def painters_logits(model: nn.Module, steps: list, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logits of ``model`` running its blocks by ``steps``: block indices, or
-    ``(group, iterations)`` pairs for parallel groups (members of one attention type)."""
+    """Logits of ``model`` running its blocks by ``steps`` (a ``schedule``): block indices,
+    and ``Parallel`` groups (of blocks of one attention type)."""
     blocks = arch.blocks(model)
-    order = [s if isinstance(s, int) else _Averaged([blocks[j] for j in s[0]], list(s[0]), s[1]) for s in steps]
+    order = [int(s) if not hasattr(s, "blocks") else
+             _Averaged([blocks[j] for j in s.blocks], list(s.blocks), s.iterations) for s in steps]
     return _logits(_with_blocks(model, order), input_ids, attention_mask)

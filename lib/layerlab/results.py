@@ -42,6 +42,12 @@ def point_key(model: str, technique: str, intervention: dict, dataset: str, spli
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
+def short_hash(value) -> str:
+    """A short hex hash of any JSON-able value (e.g. a runtime dict, stored beside rows as
+    ``runtime_id`` so that readers can tell protocols apart)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def items_hash(item_ids: Iterable[str]) -> str:
     """A short hex hash of an item sample for a results key. Order-insensitive: the
     multiset of ids defines the sample (every metric is a mean or sum over items, so the

@@ -14,13 +14,13 @@ Everything runs without a KV cache; for generation use a real model edit (schedu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from . import arch
+from . import arch, schedule
 
 
 @dataclass
@@ -131,26 +131,23 @@ def call_block(model: nn.Module, state: ResidualState, j: int, h: torch.Tensor,
     return _block_output(module(h, *rest, **kw))
 
 
-Step = int | tuple[Sequence[int], int]
-
-
 @torch.no_grad()
 def run_blocks(model: nn.Module, state: ResidualState, h: torch.Tensor,
-               steps: Iterable[Step]) -> torch.Tensor:
-    """Run ``h`` through a sequence of steps and return the resulting residual stream.
+               steps: Iterable[schedule.Step]) -> torch.Tensor:
+    """Run ``h`` [batch, seq, d_model] through a schedule and return the residual stream.
 
-    A step is a block index, or ``(group, iterations)``: every block of ``group`` reads
-    the same input, their outputs are averaged, and the average is fed back
-    ``iterations`` times (Layers-as-Painters parallel / looped parallel).
+    steps: a schedule (``layerlab.schedule``): block indices, and ``Parallel`` groups whose
+    blocks read the same input, have their outputs averaged, and are fed back
+    ``iterations`` times (Layers-as-Painters parallel / looped parallel). Each block runs
+    with the arguments captured for it.
     """
     for step in steps:
-        if isinstance(step, int):
-            h = call_block(model, state, step, h)
-        else:
-            group, iterations = step
-            for _ in range(iterations):
-                outs = [call_block(model, state, j, h) for j in group]
+        if isinstance(step, schedule.Parallel):
+            for _ in range(step.iterations):
+                outs = [call_block(model, state, j, h) for j in step.blocks]
                 h = torch.stack(outs).mean(0) if len(outs) > 1 else outs[0]
+        else:
+            h = call_block(model, state, int(step), h)
     return h
 
 

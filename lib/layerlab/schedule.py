@@ -10,12 +10,19 @@ end; the middle blocks N..L-N-1 are the ones affected. A schedule runs
 
 * through the layer runner (``runner.run_blocks``): weights shared, the prefix before
   block N computed once for every variant with the same N;
-* as a model users can call ``generate`` on (``scheduled``): each executed position is a
-  wrapper with its own KV-cache slot and, for Gemma3, the attention type of its block.
+* as a model users can call ``generate`` on (``scheduled``, for the duration of a
+  ``with``): each executed position is a wrapper with its own KV-cache slot and, for
+  Gemma3, the attention type of its block;
+* as a permanent, exportable edit (``apply``): the block list becomes the scheduled
+  blocks, so ``save_pretrained`` writes an ordinary checkpoint.
+
+Dropping blocks (Gromov et al.) is the schedule ``drop(L, blocks)``: the other blocks, once,
+in order. This is the library's one mechanism for running blocks in another order.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,11 +45,6 @@ class Parallel:
 
 
 Step = int | Parallel
-
-
-def as_runner_steps(steps: Sequence[Step]) -> list:
-    """The schedule in ``runner.run_blocks`` form (ints and (group, iterations) pairs)."""
-    return [s if isinstance(s, int) else (list(s.blocks), s.iterations) for s in steps]
 
 
 def validate(steps: Sequence[Step], n_layers: int) -> None:
@@ -99,6 +101,17 @@ def build(variant: str, n_layers: int, n_outer: int, seed: int = 0, iterations: 
 
 def in_order(n_layers: int) -> list[Step]:
     return list(range(n_layers))
+
+
+def drop(n_layers: int, blocks: Sequence[int]) -> list[Step]:
+    """The schedule that drops ``blocks`` (Gromov et al.): every other block once, in order."""
+    bad = [b for b in blocks if not 0 <= int(b) < n_layers]
+    if bad:
+        raise ValueError(f"blocks to drop {bad} out of range; allowed: 0..{n_layers - 1}")
+    kept = [i for i in range(n_layers) if i not in {int(b) for b in blocks}]
+    if not kept:
+        raise ValueError("cannot drop every block")
+    return kept
 
 
 def describe(steps: Sequence[Step]) -> str:
@@ -178,6 +191,38 @@ def scheduled(model: nn.Module, steps: Sequence[Step]) -> Iterator[nn.Module]:
         model.config.num_hidden_layers = old_n
         if types is not None:
             model.config.layer_types = types
+
+
+def _set_layer_indices(block: nn.Module, index: int) -> None:
+    for module in block.modules():
+        if hasattr(module, "layer_idx") and isinstance(module.layer_idx, int):
+            module.layer_idx = index
+
+
+def apply(model: nn.Module, steps: Sequence[Step]) -> None:
+    """Make a schedule of block indices a permanent edit of ``model``: its block list
+    becomes the scheduled blocks (a block scheduled twice is deep-copied, so every
+    position has its own module), ``layer_idx`` renumbered (KV-cache slots),
+    ``config.num_hidden_layers`` and, for Gemma3, ``config.layer_types`` following the
+    blocks. The result is an ordinary model (``save_pretrained`` writes a checkpoint
+    plain transformers loads). ``Parallel`` groups have no such form: use ``scheduled``."""
+    old = arch.blocks(model)
+    validate(steps, len(old))
+    if any(isinstance(s, Parallel) for s in steps):
+        raise ValueError("apply: a Parallel group has no plain-model form; run it with schedule.scheduled "
+                         "or runner.run_blocks")
+    types = arch.layer_types(model)
+    seen: set[int] = set()
+    new = []
+    for s in steps:
+        new.append(copy.deepcopy(old[int(s)]) if int(s) in seen else old[int(s)])
+        seen.add(int(s))
+    for position, block in enumerate(new):
+        _set_layer_indices(block, position)
+    arch.replace_blocks(model, nn.ModuleList(new))
+    model.config.num_hidden_layers = len(new)
+    if types is not None:
+        model.config.layer_types = [types[int(s)] for s in steps]
 
 
 @torch.no_grad()
