@@ -97,3 +97,17 @@ def delta_heatmap(points: pd.DataFrame, base_value: float, metric: str, title: s
         tooltip=["matrix_type", "layer", "rho", alt.Tooltip("value:Q", format=".3f"),
                  alt.Tooltip("delta:Q", format="+.3f")],
     ).properties(width=360, height=120).facet(row=alt.Row("matrix_type:N", title=None)).properties(title=title)
+
+
+ATLAS_LENSES = {"laser_gain": "LASER: best Δ acc (pp)", "angular_distance": "Gromov: d(x_l, x_l+1)",
+                "skip_cost": "skip layer l: Δ loss/logV", "swap_cost": "swap l, l+1: Δ loss/logV"}
+
+
+def atlas(frame: pd.DataFrame, model: str) -> alt.FacetChart:
+    """The layer-redundancy atlas of one model (``compare.atlas`` rows): one bar row per lens."""
+    frame = frame.assign(lens_title=frame["lens"].map(ATLAS_LENSES))
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("layer:O", title="layer"), y=alt.Y("value:Q", title=None),
+        color=alt.Color("lens:N", legend=None)).properties(width=520, height=110).facet(
+        row=alt.Row("lens_title:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left"))
+    ).resolve_scale(y="independent").properties(title=f"{model}: layer-redundancy atlas")
