@@ -126,3 +126,13 @@ def test_holds_then_falls_judges_both_halves_by_intervals():
     assert unsure["verdict"] == "inconclusive"  # the first step is neither inside nor clearly below
     at_chance = compare.holds_then_falls(_curve([(0.0, 0.28, 0.2, 0.37), (0.1, 0.26, 0.18, 0.35)]), 0.25)
     assert at_chance["verdict"].startswith("not testable: at chance unpruned")
+
+
+def test_chart_html_survives_a_percent_sign_in_the_title():
+    import altair as alt
+
+    from layerlab import charts
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_line().encode(x="x", y="y").properties(
+        title="accuracy (%) at 50% of the layers")
+    page = charts.html(chart)
+    assert "accuracy (%) at 50% of the layers" in page and "var id=\"layerlab-chart-" in page

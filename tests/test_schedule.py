@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from layerlab import arch, runner, schedule
+from layerlab import arch, painters, runner, schedule
 from layerlab.schedule import Parallel
 from tiny import DECODERS, N_LAYERS, tiny_batch, tiny_model
 
@@ -98,7 +98,7 @@ def test_hidden_similarity_is_one_on_the_diagonal():
     states = torch.randn(5, 2, 6, 8)
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[1, 4:] = 0
-    sim = schedule.hidden_similarity(states, mask)
+    sim = painters.hidden_similarity(states, mask)
     assert sim.shape == (5, 5)
     assert torch.allclose(torch.tensor(sim.diagonal()), torch.ones(5, dtype=torch.float64))
     a = torch.nn.functional.normalize(states[0][mask.bool()], dim=-1)

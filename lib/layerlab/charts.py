@@ -36,15 +36,13 @@ def html(chart: alt.TopLevelMixin) -> str:
     vl = spec(chart)
     vl.pop("$schema", None)  # a remote URL the offline page does not need (mode is given below)
     payload = json.dumps(vl).replace("</", "<\\/")
-    return (
-        f'<div class="layerlab-chart" id="{chart_id}">{svg(chart)}</div>\n'
-        f'<script type="application/json" id="{chart_id}-spec">{payload}</script>\n'
-        "<script>(function(){var id=%s;function go(){if(!window.vegaEmbed)return;"
-        "var spec=JSON.parse(document.getElementById(id+'-spec').textContent);"
-        "window.vegaEmbed('#'+id,spec,{actions:false,renderer:'svg',mode:'vega-lite'}).catch(function(e){console.warn(e);});}"
-        "if(document.readyState==='loading'){document.addEventListener('DOMContentLoaded',go);}else{go();}})();"
-        "</script>" % json.dumps(chart_id)
-    )
+    script = ("<script>(function(){var id=%s;function go(){if(!window.vegaEmbed)return;"
+              "var spec=JSON.parse(document.getElementById(id+'-spec').textContent);"
+              "window.vegaEmbed('#'+id,spec,{actions:false,renderer:'svg',mode:'vega-lite'}).catch(function(e){console.warn(e);});}"
+              "if(document.readyState==='loading'){document.addEventListener('DOMContentLoaded',go);}else{go();}})();"
+              "</script>" % json.dumps(chart_id))  # only the script is %-formatted: a title may hold '%'
+    return (f'<div class="layerlab-chart" id="{chart_id}">{svg(chart)}</div>\n'
+            f'<script type="application/json" id="{chart_id}-spec">{payload}</script>\n' + script)
 
 
 def show(chart: alt.TopLevelMixin) -> None:

@@ -4,10 +4,9 @@ an interval and a verdict. Everything is read from the results store."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-from . import evaluation, painters, prune_claims, results, verdicts
+from . import painters_claims, prune_claims, results, verdicts
 from .prune_claims import holds_then_falls  # noqa: F401  (re-exported: tests call compare.holds_then_falls)
 
 
@@ -71,22 +70,6 @@ def atlas_correlations(frame: pd.DataFrame) -> pd.DataFrame:
     return wide.corr(method="spearman")
 
 
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("agrees" if ok else "disagrees")
-
-
-def _test_items(items: pd.DataFrame, key: str) -> pd.Series:
-    """Per-item correctness (0/1) of one stored LASER point, in item order."""
-    return items[items.key == key].sort_values("item")["correct"]
-
-
-def _paired_change(base: pd.Series, changed: pd.Series) -> tuple[str, str, bool]:
-    """'a% → b%', the paired difference with its 95% interval, and whether it excludes 0."""
-    d, lo, hi = evaluation.paired_difference(base, changed)
-    return (f"{100 * base.mean():.1f}% → {100 * changed.mean():.1f}%",
-            f"Δ {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]", lo > 0)
-
-
 def claims(store: results.ResultStore) -> pd.DataFrame:
     """Every headline claim of the three papers that the stored results can test: one
     row per (claim, model) with the paper's number, ours, the interval and a verdict."""
@@ -94,35 +77,7 @@ def claims(store: results.ResultStore) -> pd.DataFrame:
 
     rows = laser_claims.claim_rows(store)
     rows += prune_claims.claim_rows(store)  # Gromov et al.: the prune chapter's own verdicts
-    pt = store.table("painters")
-    for model in sorted(pt["model"].unique()) if len(pt) else []:
-        norm = painters.normalise(pt[pt.model == model])
-        med = painters.median_score(norm[norm.dataset != "gsm8k"])
-        for a in sorted(med[med.variant != "base"]["affected"].unique()):
-            m = med[med.affected == a].set_index(["variant", "loops"])["normalised"]
-
-            def val(v, k=1):
-                return float(m.get((v, k), np.nan))
-            scores = {"skip": val("skip"), "middle_repeat": val("middle_repeat"), "reverse": val("reverse"),
-                      "random": val("random"), "parallel": val("parallel"), "looped_parallel": val("looped_parallel", 3)}
-            scores = {k: v for k, v in scores.items() if not np.isnan(v)}
-            if len(scores) < 2:
-                continue
-            worst = min(scores, key=scores.get)
-            rows.append({"paper": "Painters", "claim": "middle repeat is the worst variant", "paper's number": "Fig. 9",
-                         "model": model, "ours": f"{a} layers: worst is {worst} ({scores[worst]:.2f})", "interval": "",
-                         "verdict": _verdict(worst == "middle_repeat")})
-            if {"random", "reverse", "skip"} <= scores.keys():
-                rows.append({"paper": "Painters", "claim": "random order beats reverse, and both beat skip",
-                             "paper's number": "Figs. 6-7", "model": model,
-                             "ours": f"{a} layers: random {scores['random']:.2f}, reverse {scores['reverse']:.2f}, "
-                                     f"skip {scores['skip']:.2f}", "interval": "",
-                             "verdict": _verdict(scores["random"] > scores["reverse"] > scores["skip"])})
-            if {"looped_parallel", "parallel"} <= scores.keys():
-                rows.append({"paper": "Painters", "claim": "looping parallel layers (k=3) beats a single parallel pass",
-                             "paper's number": "Fig. 10", "model": model,
-                             "ours": f"{a} layers: looped {scores['looped_parallel']:.2f} vs parallel {scores['parallel']:.2f}",
-                             "interval": "", "verdict": _verdict(scores["looped_parallel"] > scores["parallel"])})
+    rows += painters_claims.claim_rows(store)  # Sun et al.: bootstrap intervals over items
     from . import decision  # LASER outside language: the Sokoban Decision Transformer (paper Table 2)
     rows += decision.claim_rows(store)
     return pd.DataFrame(rows, columns=["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"])

@@ -307,10 +307,10 @@ def run_painters_specs(model: str, specs: Sequence[painters.Spec], tasks, limits
     source, results_dir, data_dir = _paths(model, results_dir, data_dir)
     store = results.ResultStore(results_dir)
     per_spec = {s: list(tasks[s] if isinstance(tasks, dict) else tasks) for s in specs}
-    todo = {s: [t for t in ts if not store.has(painters.TECHNIQUE, painters.point_key(model, s, t, limits.get(t), runtime))]
+    todo = {s: [t for t in ts if not store.has(painters.TECHNIQUE, painters.point_key(model, s, t, limits.get(t), runtime, seed, data_dir))]
             for s, ts in per_spec.items()}
     todo = {s: ts for s, ts in todo.items() if ts}
-    keys = {painters.point_key(model, s, t, limits.get(t), runtime) for s, ts in todo.items() for t in ts}
+    keys = {painters.point_key(model, s, t, limits.get(t), runtime, seed, data_dir) for s, ts in todo.items() for t in ts}
     jobs = [(s.as_dict(), ts) for s, ts in todo.items()]
     rest = (limits, results_dir, seed, data_dir, *((device, dtype) if executor == "local" else
                                                    (runtime["device"], runtime["dtype"])), batch_size)

@@ -14,7 +14,6 @@ when present, else the CPU; and bfloat16 on CUDA, float32 on the CPU.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import os

@@ -1,6 +1,7 @@
 """The Layers-as-Painters workflow: evaluate schedules (see ``schedule``) on decoder
-benchmarks through lm-eval, normalise as the paper does, and score the encoder variants
-with a head-only probe on frozen features.
+benchmarks through lm-eval (per-item scores stored too), normalise as the paper does, and
+the per-layer sensitivity lens. The encoder variants live in ``painters_encoder``, the
+claims' verdicts in ``painters_claims``, the chapter's pipeline in ``painters_run``.
 
 Normalisation (paper): for each benchmark, (score - chance) / (unmodified - chance), so
 0 = chance and 1 = the unmodified model; a variant's summary is the median across
@@ -32,16 +33,16 @@ class Spec:
 
     variant: str            # "base" or one of schedule.VARIANTS
     n_outer: int = 0
-    seed: int = 0           # random order only
+    order_seed: int = 0     # random order only: the seed that draws the order of the middle blocks
     loops: int = 1          # looped parallel only
 
     def steps(self, n_layers: int) -> list:
         if self.variant == "base":
             return schedule.in_order(n_layers)
-        return schedule.build(self.variant, n_layers, self.n_outer, seed=self.seed, iterations=self.loops)
+        return schedule.build(self.variant, n_layers, self.n_outer, seed=self.order_seed, iterations=self.loops)
 
     def as_dict(self) -> dict:
-        return {"variant": self.variant, "n_outer": self.n_outer, "seed": self.seed, "loops": self.loops}
+        return {"variant": self.variant, "n_outer": self.n_outer, "order_seed": self.order_seed, "loops": self.loops}
 
 
 def specs(n_layers: int, affected: list[int], variants: list[str], seeds: list[int], loop_counts: list[int]) -> list[Spec]:
@@ -58,7 +59,7 @@ def specs(n_layers: int, affected: list[int], variants: list[str], seeds: list[i
             if v not in schedule.VARIANTS:
                 raise ValueError(f"variants: {v!r} is not one of {', '.join(schedule.VARIANTS)}")
             if v == "random":
-                out += [Spec(v, n_outer, seed=s) for s in seeds]
+                out += [Spec(v, n_outer, order_seed=s) for s in seeds]
             elif v == "looped_parallel":
                 out += [Spec(v, n_outer, loops=k) for k in loop_counts if k > 1]
             else:
@@ -66,32 +67,73 @@ def specs(n_layers: int, affected: list[int], variants: list[str], seeds: list[i
     return out
 
 
-def point_key(model_name: str, spec: Spec, task: str, limit: int | None, runtime: dict) -> str:
-    """The results key of one (schedule, benchmark) point."""
-    return results.point_key(model_name, TECHNIQUE, spec.as_dict() | {"limit": limit}, task, "test", runtime)
+ITEMS = "painters_items"  # per-item correctness of each point's main metric, keyed like the point
+
+
+def point_key(model_name: str, spec: Spec, task: str, limit: int | None, runtime: dict, seed: int = 0,
+              data_dir=None) -> str:
+    """The results key of one (schedule, benchmark) point.
+
+    Two seeds, kept apart: ``spec.order_seed`` draws a random order of the middle blocks
+    (part of the schedule); ``seed`` is lm-eval's seed (few-shot sampling). The item sample
+    is the first ``limit`` items of the benchmark file shuffled once with
+    ``evaluation.SHUFFLE_SEED`` (None = every item): (limit, shuffle seed) and the prepared
+    tasks' fingerprint (data files, prompts, templates) name it."""
+    items = {"limit": limit, "item_shuffle_seed": evaluation.SHUFFLE_SEED,
+             "tasks": evaluation.tasks_fingerprint(data_dir)}
+    return results.point_key(model_name, TECHNIQUE, spec.as_dict() | items | {"eval_seed": seed}, task, "test", runtime)
+
+
+def item_rows(out: dict, tasks: list[str]) -> pd.DataFrame:
+    """Per-item scores of each task's main metric (MAIN_METRIC) from an lm-eval result
+    run with ``log_samples``: rows dataset, metric, item (lm-eval's doc_id, the position
+    in the shuffled benchmark file), doc_hash, value (1.0 correct, 0.0 not)."""
+    rows = []
+    for t in tasks:
+        metric, _, filt = MAIN_METRIC[t].partition("[")
+        filt = filt.rstrip("]") or "none"
+        for smp in out["samples"][evaluation.LM_EVAL_TASKS[t]]:
+            if smp.get("filter", "none") == filt:
+                rows.append({"dataset": t, "metric": MAIN_METRIC[t], "item": int(smp["doc_id"]),
+                             "doc_hash": smp.get("doc_hash", ""), "value": float(smp[metric])})
+    return pd.DataFrame(rows, columns=["dataset", "metric", "item", "doc_hash", "value"])
 
 
 def evaluate(model: nn.Module, tokenizer, model_name: str, store: results.ResultStore, spec: Spec,
              tasks: list[str], limits: dict[str, int | None], data_dir=None, seed: int = 0,
              batch_size: int = 16) -> pd.DataFrame:
-    """lm-eval rows of ``model`` run with ``spec``'s schedule, one stored point per task."""
+    """lm-eval rows of ``model`` run with ``spec``'s schedule, one stored point per task.
+    Each point's per-item main-metric scores are stored under ``ITEMS`` with the same key
+    (the bootstrap intervals of ``painters_claims`` resample them)."""
     n_layers = arch.n_layers(model)
-    keys = {t: point_key(model_name, spec, t, limits.get(t), models.runtime(model)) for t in tasks}
-    todo = [t for t in tasks if not store.has(TECHNIQUE, keys[t])]
+    runtime = models.runtime(model)
+    keys = {t: point_key(model_name, spec, t, limits.get(t), runtime, seed, data_dir) for t in tasks}
+    todo = [t for t in tasks if not (store.has(TECHNIQUE, keys[t]) and store.has(ITEMS, keys[t]))]
     if todo:
         steps = spec.steps(n_layers)
+        extra = dict(model=model_name, split="test", n_layers=n_layers, eval_seed=seed,
+                     affected=0 if spec.variant == "base" else n_layers - 2 * spec.n_outer,
+                     schedule=schedule.describe(steps), **spec.as_dict())
         with schedule.scheduled(model, steps):
             # one lm-eval call for every missing task with the same limit (fewer set-ups)
             for limit in sorted({limits.get(t) for t in todo}, key=str):
                 group = [t for t in todo if limits.get(t) == limit]
-                rows, _ = evaluation.lm_eval(model, tokenizer, group, limit=limit, batch_size=batch_size,
-                                             data_dir=data_dir, seed=seed)
-                rows = rows.assign(model=model_name, technique=TECHNIQUE, split="test", n_layers=n_layers,
-                                   affected=0 if spec.variant == "base" else n_layers - 2 * spec.n_outer,
-                                   schedule=schedule.describe(steps), **spec.as_dict())
+                rows, out = evaluation.lm_eval(model, tokenizer, group, limit=limit, batch_size=batch_size,
+                                               data_dir=data_dir, seed=seed, log_samples=True)
+                rows = rows.assign(technique=TECHNIQUE, **extra)
+                items = item_rows(out, group).assign(technique=ITEMS, **extra)
                 for t in group:
+                    part = items[items.dataset == t]
+                    store.put(ITEMS, keys[t], part.assign(n_items=len(part)))
                     store.put(TECHNIQUE, keys[t], rows[rows.dataset == t])
     return pd.concat([store.get(TECHNIQUE, keys[t]) for t in tasks], ignore_index=True)
+
+
+def items_of(store: results.ResultStore, table: pd.DataFrame) -> pd.DataFrame:
+    """The per-item rows (``ITEMS``) of the points in ``table`` (a slice of the painters table)."""
+    keys = sorted(set(table["key"])) if "key" in table else []
+    frames = [store.get(ITEMS, k) for k in keys if store.has(ITEMS, k)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def informative(table: pd.DataFrame) -> list[str]:
@@ -110,8 +152,10 @@ def main_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 def normalise(table: pd.DataFrame) -> pd.DataFrame:
     """Main-metric rows of the informative benchmarks with ``normalised`` =
-    (value - chance) / (base - chance), random-order seeds averaged (their spread kept
-    as ``seed_sd``)."""
+    (value - chance) / (base - chance), random-order seeds' point values averaged (their
+    spread kept as ``seed_sd``; ``ci_low``/``ci_high`` are NOT averaged across seeds: they
+    are the pooled-seed Wilson interval of the pooled accuracy). Intervals for claims come
+    from ``painters_claims`` (bootstrap over items and seeds)."""
     keep = informative(table)
     main = main_rows(table)
     main = main[main.dataset.isin(keep)].copy()
@@ -120,78 +164,18 @@ def normalise(table: pd.DataFrame) -> pd.DataFrame:
     main["normalised"] = (main["value"] - chance) / (main["dataset"].map(base) - chance)
     grouped = main.groupby(["variant", "affected", "n_outer", "loops", "dataset"], as_index=False).agg(
         value=("value", "mean"), normalised=("normalised", "mean"), seed_sd=("normalised", "std"),
-        ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"), n_items=("n_items", "first"), seeds=("seed", "nunique"))
+        n_items=("n_items", "first"), seeds=("order_seed", "nunique"))
+    # pooled over seeds: every seed's items are further draws (n_items per seed)
+    n_all = grouped["n_items"] * grouped["seeds"]
+    lo_hi = [evaluation.wilson_interval(v * n, int(n)) for v, n in zip(grouped["value"], n_all)]
+    grouped["ci_low"] = [lo for lo, _ in lo_hi]
+    grouped["ci_high"] = [hi for _, hi in lo_hi]
     return grouped
 
 
 def median_score(norm: pd.DataFrame) -> pd.DataFrame:
     """The paper's summary: median normalised score across benchmarks, per variant."""
     return norm.groupby(["variant", "affected", "n_outer", "loops"], as_index=False)["normalised"].median()
-
-
-# ---------------------------------------------------------------------------- encoder
-
-@torch.no_grad()
-def encoder_features(model: nn.Module, tokenizer, texts_a: list[str], texts_b: list[str | None] | None,
-                     specs_: list[Spec], max_length: int = 128, batch_size: int = 64) -> dict[Spec, np.ndarray]:
-    """Mean-pooled last-layer features [n, d] of an encoder under each schedule.
-
-    The state entering the first changed block is captured once per batch and reused for
-    every spec with the same ``n_outer`` (the prefix is shared)."""
-    n_layers = arch.n_layers(model)
-    out: dict[Spec, list[np.ndarray]] = {s: [] for s in specs_}
-    pairs = texts_b is not None and texts_b[0] is not None
-    order = np.argsort([len(a) + (len(b) if pairs else 0) for a, b in zip(texts_a, texts_b or texts_a)], kind="stable")
-    for i in range(0, len(texts_a), batch_size):  # length-sorted batches: little padding
-        idx = order[i:i + batch_size]
-        a = [texts_a[j] for j in idx]
-        b = [texts_b[j] for j in idx] if pairs else None
-        enc = tokenizer(a, b, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-        state = runner.capture(model, enc.input_ids, enc.attention_mask)
-        mask = state.attention_mask.unsqueeze(-1).float()
-        for s in specs_:
-            start = 0 if s.variant == "base" else s.n_outer
-            steps = schedule.as_runner_steps(s.steps(n_layers))[start:]
-            h = runner.run_blocks(model, state, state.hidden[start], steps)
-            out[s].append(((h.float() * mask).sum(1) / mask.sum(1)).cpu().numpy())
-    inverse = np.argsort(order)
-    return {s: np.concatenate(v)[inverse] for s, v in out.items()}
-
-
-def probe(features: np.ndarray, target: np.ndarray, kind: str, train: np.ndarray | None = None,
-          folds: int = 5, seed: int = 0) -> dict:
-    """Head-only probe on frozen features: logistic regression (accuracy; F1 too for
-    MRPC-style pairs) or ridge regression (Spearman), with a standard-scaled input.
-
-    train: boolean mask of training rows (evaluated on the rest); None = stratified
-    ``folds``-fold cross-validation, every item predicted once out of fold.
-    Returns {metric, value, ci_low, ci_high, n_items} (accuracy: Wilson; Spearman:
-    bootstrap over items)."""
-    from scipy.stats import spearmanr
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    est = (make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0)) if kind == "classification"
-           else make_pipeline(StandardScaler(), Ridge(alpha=10.0)))
-    if train is None:
-        split = (StratifiedKFold if kind == "classification" else KFold)(folds, shuffle=True, random_state=seed)
-        pred = cross_val_predict(est, features, target, cv=split)
-        truth = target
-    else:
-        est.fit(features[train], target[train])
-        pred, truth = est.predict(features[~train]), target[~train]
-    n = len(truth)
-    if kind == "classification":
-        correct = (pred == truth).astype(float)
-        lo, hi = evaluation.wilson_interval(correct.sum(), n)
-        return {"metric": "acc", "value": float(correct.mean()), "ci_low": lo, "ci_high": hi, "n_items": n}
-    rho = float(spearmanr(pred, truth).statistic)
-    rng = np.random.default_rng(seed)
-    boots = [spearmanr(pred[idx], truth[idx]).statistic for idx in rng.integers(0, n, size=(500, n))]
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return {"metric": "spearman", "value": rho, "ci_low": float(lo), "ci_high": float(hi), "n_items": n}
 
 
 @torch.no_grad()
@@ -225,3 +209,15 @@ def layer_sensitivity(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     frame["delta"] = frame["loss_norm"] - base
     frame.attrs["base"] = base
     return frame
+
+
+@torch.no_grad()
+def hidden_similarity(states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Cosine similarity between the hidden states of every pair of block boundaries,
+    averaged over real tokens (paper Fig. 3).
+
+    states: [L + 1, batch, seq, d]; mask: [batch, seq]. Returns [L + 1, L + 1].
+    """
+    real = mask.bool().to(states.device)
+    vecs = torch.nn.functional.normalize(states[:, real].double(), dim=-1)  # [L+1, tokens, d]
+    return torch.einsum("atd,btd->ab", vecs, vecs).cpu().numpy() / vecs.shape[1]

@@ -28,7 +28,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from . import arch
@@ -223,15 +222,3 @@ def apply(model: nn.Module, steps: Sequence[Step]) -> None:
     model.config.num_hidden_layers = len(new)
     if types is not None:
         model.config.layer_types = [types[int(s)] for s in steps]
-
-
-@torch.no_grad()
-def hidden_similarity(states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """Cosine similarity between the hidden states of every pair of block boundaries,
-    averaged over real tokens (paper Fig. 3).
-
-    states: [L + 1, batch, seq, d]; mask: [batch, seq]. Returns [L + 1, L + 1].
-    """
-    real = mask.bool().to(states.device)
-    vecs = torch.nn.functional.normalize(states[:, real].double(), dim=-1)  # [L+1, tokens, d]
-    return torch.einsum("atd,btd->ab", vecs, vecs).cpu().numpy() / vecs.shape[1]
