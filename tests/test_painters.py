@@ -25,7 +25,7 @@ class PairTokenizer:
 
 
 def test_specs_cover_variants_seeds_and_loops():
-    s = painters.specs(10, [4], ["skip", "random", "looped_parallel"], seeds=[0, 1, 2], loop_counts=[1, 2, 3])
+    s = painters.specs(10, [4], ["skip", "random", "looped_parallel"], order_seeds=[0, 1, 2], loop_counts=[1, 2, 3])
     assert s[0] == Spec("base")
     assert [x.variant for x in s[1:]] == ["skip", "random", "random", "random", "looped_parallel", "looped_parallel"]
     assert {x.n_outer for x in s[1:]} == {3}

@@ -8,10 +8,12 @@ from layerlab import arch, prune, rank, reference, runner, schedule
 from tiny import DECODERS, N_LAYERS, tiny_batch, tiny_model
 
 
-def _close(a, b, mask, atol):
+def _close(a, b, mask, atol, relative=False):
+    """max |a - b| over real tokens within atol (relative: atol times the largest |b|)."""
     real = mask.bool()
     diff = (a.float().cpu() - b.float().cpu())[real].abs().max().item()
-    assert diff <= atol, f"max |diff| {diff} > {atol}"
+    bound = atol * max(1.0, b.float()[real].abs().max().item()) if relative else atol
+    assert diff <= bound, f"max |diff| {diff} > {bound}"
 
 
 @pytest.mark.parametrize("name", DECODERS)
@@ -73,7 +75,9 @@ def test_in_order_schedule_is_the_model():
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-3), (torch.bfloat16, 0.25)])
+# bf16: the fast path's SVD runs in float32, the reference's in float64, each rounded to bf16
+# (8-bit mantissa): logits agree to ~1% of their scale
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-3), (torch.bfloat16, 0.02)])
 def test_references_on_smollm2(dtype, atol):
     import layerlab
 
@@ -83,11 +87,12 @@ def test_references_on_smollm2(dtype, atol):
     state = runner.capture(model, ids, mask)
     with rank.reduced(model, rank.Reduction("mlp_in", 20, 0.05)):
         fast = runner.run_from(model, state, 20)
-    _close(fast, reference.laser_logits(model, "mlp_in", 20, 0.05, ids, mask), mask, atol)
+    bf16 = dtype == torch.bfloat16
+    _close(fast, reference.laser_logits(model, "mlp_in", 20, 0.05, ids, mask), mask, atol, relative=bf16)
     steps = schedule.build("reverse", arch.n_layers(model), 10)
+    ref = reference.painters_logits(model, steps, ids, mask)  # on the unmodified model, outside the edit
     with schedule.scheduled(model, steps) as m:
-        _close(runner.full_logits(m, ids, mask),
-               reference.painters_logits(model, steps, ids, mask), mask, atol)
+        _close(runner.full_logits(m, ids, mask), ref, mask, atol, relative=bf16)
     fast_d = prune.angular_distances(prune.last_token_states(model, [(ids, mask)]))
     np.testing.assert_allclose(fast_d, reference.gromov_distances(model, ids, mask), atol=1e-4 if dtype == torch.float32 else 2e-2,
                                equal_nan=True)

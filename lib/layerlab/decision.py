@@ -40,16 +40,16 @@ def profile_config(profile: str) -> dict:
         return {"env": dataclasses.replace(env, n_boxes=1),
                 "agent": agent_mod.AgentConfig(width=32, depth=2, heads=2, context=3, n_train=200, steps=150, batch=64,
                                                checkpoint_every=50),
-                "seeds": 1, "n_val": 40, "n_test": 100, "matrix_types": ["mlp_in", "mlp_out"], "layers": [0, 1],
+                "n_seeds": 1, "n_val": 40, "n_test": 100, "matrix_types": ["mlp_in", "mlp_out"], "layers": [0, 1],
                 "rhos": [0.1, 0.5]}
     if profile == "quick":
         # ~8 minutes on this shared 2-core CPU with one torch thread (measured in pieces): train levels
         # generated and solved ~25 s, 1200 steps ~245 s, 25 sweep points x 300 levels ~100 s, 2 x 2000 tests ~45 s
         return {"env": env, "agent": agent_mod.AgentConfig(),
-                "seeds": 1, "n_val": 300, "n_test": 2000, "matrix_types": ["mlp_in", "mlp_out"],
+                "n_seeds": 1, "n_val": 300, "n_test": 2000, "matrix_types": ["mlp_in", "mlp_out"],
                 "layers": list(range(6)), "rhos": [0.05, 0.2]}
     return {"env": env, "agent": agent_mod.AgentConfig(context=10, n_train=20000, steps=20000, checkpoint_every=1000),
-            "seeds": 3, "n_val": 1000, "n_test": 5000, "matrix_types": every, "layers": list(range(6)),
+            "n_seeds": 3, "n_val": 1000, "n_test": 5000, "matrix_types": every, "layers": list(range(6)),
             "rhos": list(PAPER_RHOS)}
 
 
@@ -60,7 +60,7 @@ def configure(profile: str, device: str = "auto", dtype: str = "auto", seed: int
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: {seed!r} is not allowed; allowed: a non-negative integer")
     cfg["device"], cfg["dtype"] = agent_mod.resolve(device, dtype)
-    for name in ("n_val", "n_test", "train_steps", "seeds", "threads"):
+    for name in ("n_val", "n_test", "train_steps", "n_seeds", "threads"):
         v = overrides.get(name)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{name}: {v!r} is not allowed; allowed: a positive integer")
@@ -68,7 +68,7 @@ def configure(profile: str, device: str = "auto", dtype: str = "auto", seed: int
         if overrides.get(name) is not None and not isinstance(overrides[name], (list, tuple)):
             raise ValueError(f"{name}: {overrides[name]!r} is not a list; allowed: a list (with papermill: "
                              f"-y '{name}: [...]')")
-    for name in ("matrix_types", "layers", "rhos", "n_val", "n_test", "seeds"):
+    for name in ("matrix_types", "layers", "rhos", "n_val", "n_test", "n_seeds"):
         if overrides.get(name) is not None:
             cfg[name] = list(overrides[name]) if isinstance(overrides[name], (list, tuple)) else overrides[name]
     cfg["threads"] = overrides.get("threads")

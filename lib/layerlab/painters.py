@@ -45,7 +45,7 @@ class Spec:
         return {"variant": self.variant, "n_outer": self.n_outer, "order_seed": self.order_seed, "loops": self.loops}
 
 
-def specs(n_layers: int, affected: list[int], variants: list[str], seeds: list[int], loop_counts: list[int]) -> list[Spec]:
+def specs(n_layers: int, affected: list[int], variants: list[str], order_seeds: list[int], loop_counts: list[int]) -> list[Spec]:
     """Every spec of a sweep: each variant at each number of affected middle blocks
     (must have the parity of n_layers); random order once per seed; looped parallel once
     per loop count (parallel is loop count 1)."""
@@ -59,7 +59,7 @@ def specs(n_layers: int, affected: list[int], variants: list[str], seeds: list[i
             if v not in schedule.VARIANTS:
                 raise ValueError(f"variants: {v!r} is not one of {', '.join(schedule.VARIANTS)}")
             if v == "random":
-                out += [Spec(v, n_outer, order_seed=s) for s in seeds]
+                out += [Spec(v, n_outer, order_seed=s) for s in order_seeds]
             elif v == "looped_parallel":
                 out += [Spec(v, n_outer, loops=k) for k in loop_counts if k > 1]
             else:

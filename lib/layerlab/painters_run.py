@@ -12,14 +12,14 @@ from . import arch, data, distributed, models, painters, painters_claims, params
 
 PROFILES = {
     "smoke": dict(variants=["skip", "reverse", "random", "looped_parallel"], affected=[2], loop_counts=[1, 2],
-                  benchmarks=["arc_easy", "lambada"], limit=6, gsm8k_limit=1, seeds=[0, 1],
+                  benchmarks=["arc_easy", "lambada"], limit=6, gsm8k_limit=1, order_seeds=[0, 1],
                   encoder_limit=60, encoder_affected=[2], sim_docs=4, layer_sensitivity=False),
     "quick": dict(variants=list(schedule.VARIANTS), affected=None, loop_counts=[1, 2, 3],
                   benchmarks=["arc_easy", "arc_challenge", "hellaswag", "winogrande", "lambada", "gsm8k"], limit=16,
-                  gsm8k_limit=3, seeds=[0, 1, 2, 3, 4], encoder_limit=200, encoder_affected=[2, 4], sim_docs=16,
+                  gsm8k_limit=3, order_seeds=[0, 1, 2, 3, 4], encoder_limit=200, encoder_affected=[2, 4], sim_docs=16,
                   layer_sensitivity=False),  # #13: the per-layer lens runs in the full profile only
     "full": dict(variants=list(schedule.VARIANTS), affected=None, loop_counts=[1, 2, 3, 4, 6, 8],
-                 benchmarks=list(painters.BENCHMARKS), limit=None, gsm8k_limit=None, seeds=list(range(10)),
+                 benchmarks=list(painters.BENCHMARKS), limit=None, gsm8k_limit=None, order_seeds=list(range(10)),
                  encoder_limit=None, encoder_affected=[2, 4], sim_docs=64, layer_sensitivity=True),
 }
 
@@ -56,7 +56,7 @@ def run_decoder(lm, tok, model: str, store: results.ResultStore, cfg: dict, seed
     limits, affected, n_layers, specs}."""
     L = arch.n_layers(lm)
     cfg = dict(cfg, affected=sizes(L, cfg["affected"]))
-    all_specs = painters.specs(L, cfg["affected"], cfg["variants"], cfg["seeds"], cfg["loop_counts"])
+    all_specs = painters.specs(L, cfg["affected"], cfg["variants"], cfg["order_seeds"], cfg["loop_counts"])
     limits = {b: (cfg["gsm8k_limit"] if b == "gsm8k" else cfg["limit"]) for b in cfg["benchmarks"]}
     base_table = painters.evaluate(lm, tok, model, store, all_specs[0], cfg["benchmarks"], limits, data_dir, seed)
     useful = painters.informative(base_table)
