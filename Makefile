@@ -43,7 +43,7 @@ test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not smoke" tests
 
 data: setup
-	$(PY) -m layerlab.data fetch
+	$(PY) -m layerlab.data_fetch fetch
 
 book: setup
 	$(PY) -m layerlab.book --profile $(PROFILE)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from layerlab import data
+from layerlab import data, data_fetch
 
 # Row counts stated in ../shared/data/SOURCES.md (independent of the loaders).
 COUNTS = {
@@ -54,9 +54,9 @@ def test_loaded_items_match_the_files():
 @needs_data
 def test_derivations_reproduce_the_stored_files_byte_for_byte():
     sums = dict(reversed(line.split()) for line in (data.data_dir() / "SHA256SUMS").read_text().splitlines())
-    for entry in data.manifest():
-        if entry.get("derived") in data.DERIVATIONS:
-            payload = data.DERIVATIONS[entry["derived"]](data.data_dir())
+    for entry in data_fetch.manifest():
+        if entry.get("derived") in data_fetch.DERIVATIONS:
+            payload = data_fetch.DERIVATIONS[entry["derived"]](data.data_dir())
             assert hashlib.sha256(payload).hexdigest() == entry["sha256"] == sums["./" + entry["path"]]
 
 
@@ -92,10 +92,10 @@ def _mirror(tmp_path, files: dict[str, bytes]):
 def test_fetch_downloads_and_verifies(tmp_path):
     entries, mirror = _mirror(tmp_path, {"a/x.jsonl": b'{"a": 1}\n', "b.txt": b"hello"})
     dest = tmp_path / "data"
-    report = data.fetch(dest, entries, mirror=mirror, log=lambda *_: None)
+    report = data_fetch.fetch(dest, entries, mirror=mirror, log=lambda *_: None)
     assert sorted(report["fetched"]) == ["a/x.jsonl", "b.txt"]
     assert (dest / "b.txt").read_bytes() == b"hello"
-    again = data.fetch(dest, entries, mirror=mirror, log=lambda *_: None)
+    again = data_fetch.fetch(dest, entries, mirror=mirror, log=lambda *_: None)
     assert again["fetched"] == [] and sorted(again["verified"]) == ["a/x.jsonl", "b.txt"]
 
 
@@ -104,7 +104,7 @@ def test_fetch_mismatch_deletes_and_fails_loudly(tmp_path):
     entries[0]["sha256"] = "0" * 64  # the mirror serves something else than the manifest says
     dest = tmp_path / "data"
     with pytest.raises(data.ChecksumMismatch, match="b.txt.*deleted"):
-        data.fetch(dest, entries, mirror=mirror, log=lambda *_: None)
+        data_fetch.fetch(dest, entries, mirror=mirror, log=lambda *_: None)
     assert not (dest / "b.txt").exists() and not list(dest.rglob("*.part"))
 
 
@@ -114,7 +114,7 @@ def test_fetch_detects_a_corrupted_local_file(tmp_path):
     dest.mkdir()
     (dest / "b.txt").write_bytes(b"tampered")
     with pytest.raises(data.ChecksumMismatch, match="moved aside to .*b.txt.mismatch-"):
-        data.fetch(dest, entries, mirror=mirror, log=lambda *_: None)
+        data_fetch.fetch(dest, entries, mirror=mirror, log=lambda *_: None)
     assert not (dest / "b.txt").exists()
     (aside,) = dest.glob("b.txt.mismatch-*")
     assert aside.read_bytes() == b"tampered"  # the user's file is kept, not deleted
@@ -124,14 +124,14 @@ def test_fetch_detects_a_corrupted_local_file(tmp_path):
 def test_fetch_rebuilds_a_derived_file_from_its_fetched_source(tmp_path):
     src = "winogrande/winogrande_dev_llm_adapters_instruction_format.json"
     entries, mirror = _mirror(tmp_path, {src: (data.data_dir() / src).read_bytes()})
-    derived = next(e for e in data.manifest() if e["path"] == "winogrande/dev.jsonl")
-    report = data.fetch(tmp_path / "data", entries + [derived], mirror=mirror, log=lambda *_: None)
+    derived = next(e for e in data_fetch.manifest() if e["path"] == "winogrande/dev.jsonl")
+    report = data_fetch.fetch(tmp_path / "data", entries + [derived], mirror=mirror, log=lambda *_: None)
     assert report["derived"] == ["winogrande/dev.jsonl"]
     assert data.load("winogrande", data_dir=tmp_path / "data")[0]["sentence"].startswith("Sarah")
 
 
 def test_manifest_covers_every_loader_file_with_a_source():
-    entries = {e["path"]: e for e in data.manifest()}
+    entries = {e["path"]: e for e in data_fetch.manifest()}
     assert len(entries) == 167
     for e in entries.values():
         assert len(e["sha256"]) == 64
@@ -160,7 +160,7 @@ def test_user_facts_are_validated_with_line_numbers(tmp_path):
 def test_dataset_files_cover_what_every_loader_reads(monkeypatch):
     import fnmatch
 
-    assert set(data.DATASET_FILES) == set(data.DATASETS)
+    assert set(data_fetch.DATASET_FILES) == set(data.DATASETS)
     real_path, read = data.path, []
     monkeypatch.setattr(data, "path", lambda rel, root=None: read.append(rel) or real_path(rel, root))
     for name, (_, splits) in data.DATASETS.items():
@@ -169,7 +169,7 @@ def test_dataset_files_cover_what_every_loader_reads(monkeypatch):
             data.load(name, split)
             assert read or name == "mmlu"  # mmlu globs its folder
             for rel in read:
-                assert any(fnmatch.fnmatch(rel, g) for g in data.DATASET_FILES[name]), (name, rel)
+                assert any(fnmatch.fnmatch(rel, g) for g in data_fetch.DATASET_FILES[name]), (name, rel)
     root = data.data_dir()
     assert len(list(root.glob("mmlu/test/*_test.csv"))) == 57 and len(list(root.glob("mmlu/dev/*_dev.csv"))) == 57
 
@@ -179,23 +179,23 @@ def test_files_fingerprint_follows_file_contents_and_loader_code(tmp_path, monke
     root = tmp_path / "data"
     shutil.copytree(data.data_dir() / "glue" / "sst2", root / "glue" / "sst2")
     shutil.copytree(data.data_dir() / "boolq", root / "boolq")
-    base = data.files_fingerprint(["sst2", "boolq"], root)
-    assert base == data.files_fingerprint(["boolq", "sst2", "boolq"], root)  # a set of datasets
-    assert base == data.files_fingerprint(["sst2", "boolq"])  # the real data dir: same files, same fingerprint
-    assert data.files_fingerprint(["sst2"], root) != base
+    base = data_fetch.files_fingerprint(["sst2", "boolq"], root)
+    assert base == data_fetch.files_fingerprint(["boolq", "sst2", "boolq"], root)  # a set of datasets
+    assert base == data_fetch.files_fingerprint(["sst2", "boolq"])  # the real data dir: same files, same fingerprint
+    assert data_fetch.files_fingerprint(["sst2"], root) != base
     f = root / "glue" / "sst2" / "dev.tsv"
     f.write_text(f.read_text() + "one more line\t1\n")
-    assert data.files_fingerprint(["sst2", "boolq"], root) != base
+    assert data_fetch.files_fingerprint(["sst2", "boolq"], root) != base
     shutil.copy(data.data_dir() / "glue" / "sst2" / "dev.tsv", f)
-    assert data.files_fingerprint(["sst2", "boolq"], root) == base
+    assert data_fetch.files_fingerprint(["sst2", "boolq"], root) == base
 
     def other_loader(split, root):
         return []
 
     monkeypatch.setitem(data.DATASETS, "sst2", (other_loader, ("dev",)))
-    assert data.files_fingerprint(["sst2", "boolq"], root) != base
+    assert data_fetch.files_fingerprint(["sst2", "boolq"], root) != base
     facts = tmp_path / "facts.jsonl"
     facts.write_text('{"prompt": "p", "answer": "a"}\n')
-    one = data.files_fingerprint([str(facts)], root)
+    one = data_fetch.files_fingerprint([str(facts)], root)
     facts.write_text('{"prompt": "p", "answer": "b"}\n')
-    assert data.files_fingerprint([str(facts)], root) != one
+    assert data_fetch.files_fingerprint([str(facts)], root) != one

@@ -291,21 +291,3 @@ def load(name: str, split: str | None = None, data_dir: str | os.PathLike | None
     if split not in splits:
         raise ValueError(f"split {split!r} of {name} does not exist; allowed: {', '.join(splits)}")
     return loader(split, data_dir)
-
-
-# ``make data`` and the fingerprints live in data_fetch; their names are read here too (lazily:
-# data_fetch imports this module)
-_FETCH_NAMES = ("DATASET_FILES", "DERIVATIONS", "cached_sha256", "fetch", "files_fingerprint", "main",
-                "manifest", "sha256")
-
-
-def __getattr__(name: str):
-    if name in _FETCH_NAMES:
-        from . import data_fetch
-        return getattr(data_fetch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if __name__ == "__main__":
-    from layerlab.data_fetch import main
-    raise SystemExit(main())

@@ -1,8 +1,7 @@
 """``make data``: fetch every benchmark file from its public source and verify its
-checksum; and file hashes for the results keys (``cached_sha256``, ``files_fingerprint``).
+checksum; and the data's fingerprint for the results keys (``files_fingerprint``).
 
-``python -m layerlab.data fetch [DATA_DIR]`` runs ``main``. Every name here is also
-importable from ``layerlab.data``.
+``python -m layerlab.data_fetch fetch [DATA_DIR]`` runs ``main``.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 
+from .files import cached_sha256, sha256  # noqa: F401  (sha256: make data's checksums)
 from .data import DATASETS, DEFAULT_MIRROR, MIRROR_ENV, ChecksumMismatch, _json, _jsonl, data_dir, load_user_facts
 
 _data_root = data_dir  # files_fingerprint's parameter shadows the name
@@ -24,14 +24,6 @@ _data_root = data_dir  # files_fingerprint's parameter shadows the name
 
 def manifest() -> list[dict]:
     return json.loads(resources.files("layerlab").joinpath("data_manifest.json").read_text())["files"]
-
-
-def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _derive_fever_paper_test(root: Path) -> bytes:
@@ -111,7 +103,7 @@ def fetch(root: str | os.PathLike | None = None, entries: list[dict] | None = No
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "fetch":
-        print("usage: python -m layerlab.data fetch [DATA_DIR]")
+        print("usage: python -m layerlab.data_fetch fetch [DATA_DIR]")
         return 2
     report = fetch(argv[1] if len(argv) > 1 else None)
     for k, v in report.items():
@@ -124,43 +116,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------- cached hashes
 
-_MEMO: dict[tuple, str] = {}
-
-
-def _sidecar() -> Path:
-    from .models import cache_dir
-    return cache_dir().parent / "sha256.json"
-
-
-def cached_sha256(p: str | os.PathLike) -> str:
-    """SHA-256 of a file, computed once per (resolved path, size, mtime, ctime, inode): kept in memory
-    and in a small sidecar JSON (``$LAYERLAB_CACHE/sha256.json``), so a file that is
-    rewritten (new size, times or inode) is hashed again and an unchanged one is not."""
-    full = Path(p).resolve()
-    st = full.stat()
-    ident = (str(full), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    if ident in _MEMO:
-        return _MEMO[ident]
-    sidecar = _sidecar()
-    try:
-        table = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        table = {}
-    entry = table.get(str(full))
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
-    if entry and all(entry.get(k) == v for k, v in stamp.items()):
-        digest = entry["sha256"]
-    else:
-        digest = sha256(full)
-        table[str(full)] = {**stamp, "sha256": digest}
-        tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-        try:  # atomic; a concurrent writer may drop another's entry, which is then recomputed
-            tmp.write_text(json.dumps(table, sort_keys=True))
-            os.replace(tmp, sidecar)
-        except OSError:
-            pass
-    _MEMO[ident] = digest
-    return digest
 
 
 # ---------------------------------------------------------------------------- fingerprints
@@ -214,3 +169,7 @@ def files_fingerprint(names: Iterable[str], data_dir: str | os.PathLike | None =
             files += [[str(f.relative_to(root)), cached_sha256(f)] for f in found] or [[pattern, "missing"]]
         parts.append([name, files, inspect.getsource(DATASETS[name][0])])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

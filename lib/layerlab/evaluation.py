@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import data as data_mod
+from . import data_fetch
 from .models import cache_dir
 
 SHUFFLE_SEED = 1234
@@ -152,7 +153,7 @@ def _prepared_rows(root) -> dict[str, list[dict]]:
 
 def tasks_fingerprint(data_dir: str | os.PathLike | None = None) -> str:
     """A short hex fingerprint of the prepared lm-eval tasks of a data dir: the data files
-    they read and their loaders (``data.files_fingerprint(LM_EVAL_DATASETS)``), the source
+    they read and their loaders (``data_fetch.files_fingerprint(LM_EVAL_DATASETS)``), the source
     of the prompt-building functions (``PROMPT_FUNCTIONS``), the task templates,
     ``SHUFFLE_SEED`` and layerlab's version; not where the data dir lies. Cheap after the
     first call (file hashes are cached by path, size and mtime): put it in the key of
@@ -163,7 +164,7 @@ def tasks_fingerprint(data_dir: str | os.PathLike | None = None) -> str:
 
     root = data_mod.data_dir(data_dir)
     templates = resources.files("layerlab").joinpath("tasks")
-    parts = [__version__, SHUFFLE_SEED, data_mod.files_fingerprint(LM_EVAL_DATASETS, root),
+    parts = [__version__, SHUFFLE_SEED, data_fetch.files_fingerprint(LM_EVAL_DATASETS, root),
              [inspect.getsource(globals()[name]) for name in PROMPT_FUNCTIONS],
              [[t.name, t.read_text()] for t in sorted(templates.iterdir(), key=lambda t: t.name)
               if t.name.endswith((".yaml", ".py"))]]

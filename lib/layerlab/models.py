@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import cache_root
+
 ENCODER_TYPES = ("bert", "roberta")
 
 
@@ -72,11 +74,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def cache_dir() -> Path:
     """Where dequantised models live: ``$LAYERLAB_CACHE/models`` or the user cache dir."""
-    root = os.environ.get("LAYERLAB_CACHE")
-    if not root:
-        import platformdirs
-        root = platformdirs.user_cache_dir("layerlab")
-    path = Path(root) / "models"
+    path = cache_root() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -201,8 +199,23 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     return DTYPES[dtype]
 
 
-from .provenance import (FINGERPRINT_SUFFIXES, VERSIONED_PACKAGES, _hub_fingerprint,  # noqa: E402,F401
+from .provenance import (FINGERPRINT_SUFFIXES, VERSIONED_PACKAGES,  # noqa: E402,F401
                          folder_fingerprint, package_versions, runtime, runtime_of, weights_fingerprint)
+
+
+def _hub_fingerprint(repo_id: str) -> str:
+    """A Hub model by its commit (files at a commit never change): the cached snapshot's
+    commit where one is cached (always so offline), else the Hub's current one."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True, allow_patterns=["config.json"])
+    except Exception:  # noqa: BLE001 - not cached: ask the Hub (downloads config.json only)
+        try:
+            folder = snapshot_download(repo_id, allow_patterns=["config.json"])
+        except Exception as err:  # noqa: BLE001
+            raise _config_error(repo_id, repo_id, OSError(str(err))) from None
+    return f"hub:{repo_id}@{Path(folder).name}"
 
 
 def fingerprint(name_or_path: str) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import arch, data, evaluation, models, results, runner
+from . import arch, data, data_fetch, evaluation, models, results, runner
 from .painters import Spec
 
 TECHNIQUE = "painters_encoder"
@@ -79,7 +79,7 @@ def items_hash(items: list[dict], train: np.ndarray | None, task: str, data_dir=
     role (train / test / cross-fitted) and the task's data files' fingerprint."""
     role = ["cv"] * len(items) if train is None else ["train" if t else "test" for t in train]
     ids = [f"{r}:{x.get('id')}" for r, x in zip(role, items)]
-    return results.items_hash(ids) + "-" + data.files_fingerprint([task], data_dir)
+    return results.items_hash(ids) + "-" + data_fetch.files_fingerprint([task], data_dir)
 
 
 def _estimator(kind: str):

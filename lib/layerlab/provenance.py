@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import cached_sha256
+
 # the files of a model folder that its fingerprint covers: weights, config, tokenizer
 FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".tiktoken")
 VERSIONED_PACKAGES = ("torch", "transformers", "lm_eval")
@@ -22,11 +24,9 @@ def folder_fingerprint(folder: str | os.PathLike) -> str:
     """A short hex fingerprint of a model folder's contents: the SHA-256 of each weight,
     config and tokenizer file (``FINGERPRINT_SUFFIXES``, top level, hidden files left out),
     with its name. Each file's hash is cached by path, size and mtime
-    (``data.cached_sha256``), so a model's files are read once per machine; a folder
+    (``files.cached_sha256``), so a model's files are read once per machine; a folder
     overwritten with new weights gets a new fingerprint, the same weights saved again the
     same one. Where the folder lies is not part of it."""
-    from .data_fetch import cached_sha256
-
     root = Path(folder)
     files = sorted(f for f in root.iterdir()
                    if f.is_file() and not f.name.startswith(".") and f.name.endswith(FINGERPRINT_SUFFIXES))
@@ -34,22 +34,6 @@ def folder_fingerprint(folder: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{root}: no model files ({', '.join(FINGERPRINT_SUFFIXES)}) to fingerprint")
     listing = "\n".join(f"{f.name} {cached_sha256(f)}" for f in files)
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
-
-
-def _hub_fingerprint(repo_id: str) -> str:
-    """A Hub model by its commit (files at a commit never change): the cached snapshot's
-    commit where one is cached (always so offline), else the Hub's current one."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = snapshot_download(repo_id, local_files_only=True, allow_patterns=["config.json"])
-    except Exception:  # noqa: BLE001 - not cached: ask the Hub (downloads config.json only)
-        try:
-            folder = snapshot_download(repo_id, allow_patterns=["config.json"])
-        except Exception as err:  # noqa: BLE001
-            from .models import _config_error
-            raise _config_error(repo_id, repo_id, OSError(str(err))) from None
-    return f"hub:{repo_id}@{Path(folder).name}"
 
 
 def weights_fingerprint(model) -> str:

@@ -4,7 +4,7 @@ Each point is keyed by everything that changes its number (``point_key``): model
 technique, intervention, dataset, split, the runtime (``models.runtime``: weights
 fingerprint, dtype, device type, torch / transformers / lm-eval versions), the code
 version, and whatever the caller adds to the intervention or dataset: the data files'
-fingerprint (``data.files_fingerprint`` or ``evaluation.tasks_fingerprint``) and the item
+fingerprint (``data_fetch.files_fingerprint`` or ``evaluation.tasks_fingerprint``) and the item
 sample (``items_hash``). It is stored as its own small parquet shard, written to a temporary file and renamed into
 place, so a killed run leaves either the whole point or nothing. ``ResultStore.table``
 reads every shard into one tidy table with at least the columns of ``REQUIRED``.
