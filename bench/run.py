@@ -342,12 +342,43 @@ def row_scaling(args) -> dict:
     return {"rows": out, "seconds": 0.0}
 
 
-ROWS = {
-    "laser_layerlab": row_laser_layerlab, "laser_bound": row_laser_bound, "laser_naive": row_laser_naive,
+def row_lm_eval_head(args) -> dict:
+    """lm-eval's HFLM against layerlab's ScoredPositionsLM (the output head and log-softmax
+    only at the scored positions) on the same MMLU items, ``--head-model`` in bf16: seconds
+    of each and the largest difference of any request's log-likelihood (after one warm-up)."""
+    import lm_eval
+    import numpy as np
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    import layerlab
+    from layerlab import evaluation
+    from layerlab.lm_eval_model import ScoredPositionsLM
+    model, tok = layerlab.load(args.head_model, dtype="bfloat16")
+    manager = TaskManager(include_path=str(evaluation.prepare_tasks()), include_defaults=False)
+
+    def run(cls, limit):
+        lm = cls(pretrained=model, tokenizer=tok, batch_size=16, device="cpu", softmax_dtype=torch.float32)
+        start = time.perf_counter()
+        out = lm_eval.simple_evaluate(model=lm, tasks=["layerlab_mmlu"], task_manager=manager, limit=limit,
+                                      cache_requests=False, bootstrap_iters=0, log_samples=True, random_seed=0,
+                                      numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+        scores = [r[0] for s in out["samples"]["layerlab_mmlu"] for r in s["filtered_resps"]]
+        return time.perf_counter() - start, np.array(scores, dtype=float)
+
+    run(ScoredPositionsLM, 4)  # warm-up: first-call costs out of both timings
+    hf_s, hf = run(HFLM, args.head_items)
+    ours_s, ours = run(ScoredPositionsLM, args.head_items)
+    return {"seconds": ours_s, "hflm_s": hf_s, "items": args.head_items, "requests": len(ours),
+            "max_abs_diff": float(np.abs(ours - hf).max()), "model": args.head_model}
+
+
+ROWS = {    "laser_layerlab": row_laser_layerlab, "laser_bound": row_laser_bound, "laser_naive": row_laser_naive,
     "laser_naive_batched": row_laser_naive_batched, "svd": row_svd,
     "distances_one_pass": row_distances_one_pass, "distances_per_n": row_distances_per_n,
     "painters_shared": row_painters_shared, "painters_recomputed": row_painters_recomputed, "scaling": row_scaling, "gpu": row_gpu,
-    "ray": row_ray,
+    "ray": row_ray, "lm_eval_head": row_lm_eval_head,
 }
 
 
@@ -356,7 +387,8 @@ def run_row(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--row", name, "--items", str(args.items), "--model", args.model,
            "--naive-sample", str(args.naive_sample), "--painters-items", str(args.painters_items),
            "--gpu-layers", str(args.gpu_layers), "--ray-layers", str(args.ray_layers),
-           "--scaling-models", args.scaling_models]
+           "--scaling-models", args.scaling_models, "--head-model", args.head_model,
+           "--head-items", str(args.head_items)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -427,6 +459,14 @@ def table(res: dict, args) -> str:
                   "(once per session, not counted)."]
     elif ray_:
         lines += ["", f"Ray overhead: {ray_.get('error') or ray_.get('skipped')}"]
+    head = res.get("lm_eval_head", {})
+    if "hflm_s" in head:
+        lines += ["", f"lm-eval on `{head['model']}` (bf16, {head['items']} MMLU items, {head['requests']} requests): "
+                  f"lm-eval's HFLM {head['hflm_s']:.1f} s, layerlab's ScoredPositionsLM (head only at scored "
+                  f"positions) {head['seconds']:.1f} s: {head['hflm_s'] / head['seconds']:.2f}x; largest "
+                  f"log-likelihood difference {head['max_abs_diff']:.2g}."]
+    elif head:
+        lines += ["", f"lm-eval head: {head.get('error') or head.get('skipped')}"]
     gpu = res.get("gpu")
     if gpu is not None:
         lines += ["", "GPU (Llama-2-7B-shaped random model, bf16): " + (
@@ -443,6 +483,8 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--naive-sample", type=int, default=4, help="configurations timed for the naive rows")
     parser.add_argument("--painters-items", type=int, default=40)
+    parser.add_argument("--head-model", default="qwen2.5-coder-1.5b", help="model of the lm_eval_head row")
+    parser.add_argument("--head-items", type=int, default=32, help="MMLU items of the lm_eval_head row")
     parser.add_argument("--gpu-layers", type=int, default=8)
     parser.add_argument("--ray-layers", type=int, default=8, help="deepest layers in the Ray row's sweep (0: all)")
     parser.add_argument("--scaling-models", default="smollm2-135m,gemma3-270m")

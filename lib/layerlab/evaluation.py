@@ -22,12 +22,14 @@ new point; it also names the prepared folder, which is rebuilt when it changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -231,11 +233,12 @@ def lm_eval(model, tokenizer, tasks: list[str], limit: int | float | None = None
     lm = ScoredPositionsLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
               softmax_dtype=torch.float32)
     names = [LM_EVAL_TASKS[t] for t in tasks]
-    out = lm_eval_pkg.simple_evaluate(
-        model=lm, tasks=names, task_manager=manager, limit=limit, cache_requests=False,
-        use_cache=None, bootstrap_iters=1000, log_samples=log_samples, random_seed=seed,
-        numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints progress ("bootstrapping for stddev") to stdout
+        out = lm_eval_pkg.simple_evaluate(
+            model=lm, tasks=names, task_manager=manager, limit=limit, cache_requests=False,
+            use_cache=None, bootstrap_iters=1000, log_samples=log_samples, random_seed=seed,
+            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        )
     return tidy_lm_eval(out, tasks), out
 
 
