@@ -15,8 +15,6 @@ Metrics per item (all from one teacher-forced pass, see ``scoring``):
 
 from __future__ import annotations
 
-import hashlib
-import json
 
 import numpy as np
 import pandas as pd
@@ -154,9 +152,7 @@ class Sweeper:
 
     def _describe(self, reductions: list[rank.Reduction]) -> dict:
         one = reductions[0] if len(reductions) == 1 else None
-        rt = models.runtime(self.model)  # runtime_id: a short hash of all of it (weights, versions)
-        rid = hashlib.sha256(json.dumps(rt, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        return {"model": self.model_name, "runtime": f"{rt['dtype']}/{rt['device']}", "runtime_id": rid, "technique": TECHNIQUE, "dataset": self.task.name, "protocol": self.split_spec,
+        return {"model": self.model_name, **results.runtime_columns(models.runtime(self.model)), "technique": TECHNIQUE, "dataset": self.task.name, "protocol": self.split_spec,
                 "matrix_type": one.matrix_type if one else ("base" if not reductions else "composed"),
                 "layer": one.layer if one else -1, "rho": one.rho if one else 1.0,
                 "part": one.part if one else "top", "n_reductions": len(reductions),

@@ -49,9 +49,9 @@ def weights_fingerprint(model) -> str:
         return cached
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
+        t = t.detach().contiguous()
         h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).cpu().numpy().tobytes())  # bytes of any dtype, bf16 too
     model.layerlab_weights = "state:" + h.hexdigest()[:16]
     return model.layerlab_weights
 

@@ -106,8 +106,8 @@ def text_data(tok, cfg: dict, data_dir=None) -> tuple[torch.Tensor, torch.Tensor
 
 def tensor_hash(t: torch.Tensor) -> str:
     """A short hash of a tensor's dtype, shape and values (token chunks in keys)."""
-    t = t.detach().cpu().contiguous()
-    return hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode() + t.numpy().tobytes()).hexdigest()[:16]
+    values = t.detach().cpu().contiguous().numpy().tobytes()  # token ids: integer tensors
+    return hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode() + values).hexdigest()[:16]
 
 
 def heal_config(cfg: dict, seed: int = 0) -> HealConfig:
@@ -157,8 +157,7 @@ def curve_point(model: nn.Module, tokenizer, model_name: str, store, method: str
                                blocks=",".join(map(str, blocks)),
                                heal_config=None if heal_desc is None else str(heal_desc),
                                heal_final_loss=None if heal_config is None else float(np.mean(record["losses"][-5:])),
-                               limit=-1 if limit is None else limit, seed=seed, runtime=f"{runtime['dtype']}/{runtime['device']}",
-                               runtime_id=results.short_hash(runtime))
+                               limit=-1 if limit is None else limit, seed=seed, **results.runtime_columns(runtime))
             for d in todo:
                 store.put(TECHNIQUE, keys[d], rows[rows.dataset == d])
         finally:

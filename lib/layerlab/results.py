@@ -42,10 +42,12 @@ def point_key(model: str, technique: str, intervention: dict, dataset: str, spli
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def short_hash(value) -> str:
-    """A short hex hash of any JSON-able value (e.g. a runtime dict, stored beside rows as
-    ``runtime_id`` so that readers can tell protocols apart)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def runtime_columns(runtime: dict) -> dict:
+    """The columns stored beside a point's rows so readers can tell protocols apart:
+    ``runtime`` ("bfloat16/cpu") and ``runtime_id``, a short hash of the whole runtime dict
+    (weights fingerprint and package versions included)."""
+    rid = hashlib.sha256(json.dumps(runtime, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return {"runtime": f"{runtime['dtype']}/{runtime['device']}", "runtime_id": rid}
 
 
 def items_hash(item_ids: Iterable[str]) -> str:
