@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.layerlab-setup
 PROFILE ?= quick
+# DTYPE: '' (each chapter's own, default auto: the fastest this CPU computes) or float32 | bfloat16 | float16
+DTYPE ?=
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -46,10 +48,16 @@ data: setup
 	$(PY) -m layerlab.data_fetch fetch
 
 book: setup
-	$(PY) -m layerlab.book --profile $(PROFILE)
+	$(PY) -m layerlab.book --profile $(PROFILE) $(if $(DTYPE),--dtype $(DTYPE))
 
 bench: setup
 	$(PY) bench/run.py
+
+# the GPU path on a 7B-shaped model (tests/test_cuda.py first), JSON report in gpu_check.json;
+# GPU_CHECK_ARGS='--mode cpu' runs the small CPU version (tests/test_gpu_check.py runs it in `make test`)
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) scripts/gpu_check.py --out gpu_check.json $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf _build book/executed

@@ -374,11 +374,81 @@ def row_lm_eval_head(args) -> dict:
             "max_abs_diff": float(np.abs(ours - hf).max()), "model": args.head_model}
 
 
+def _count_block_tokens(model) -> tuple[list, list]:
+    """Forward pre-hooks on every block adding up batch x length of each call: (handles, [total])."""
+    from layerlab import arch
+    total = [0]
+
+    def hook(module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        total[0] += h.shape[0] * h.shape[1]
+    return [b.register_forward_pre_hook(hook, with_kwargs=True) for b in arch.blocks(model)], total
+
+
+def row_prune_curve_passes(args) -> dict:
+    """The deeper-layers curve (issue #19): ``--curve-model`` with 6 fractions x 2 methods
+    (similarity at l*(n) from C4 distances, and the deepest-layers heuristic) on MMLU,
+    prefix-shared (``prefix_eval.lm_eval_edits``), against one plain lm-eval pass of the
+    unmodified model on the same items. Passes = the curve's block-token count over one
+    plain pass's (L x tokens), and its seconds over the plain pass's."""
+    import numpy as np
+    import layerlab
+    from layerlab import arch, data, edits, evaluation, prefix_eval, prune, prune_curve, schedule
+    model, tok = layerlab.load(args.curve_model, dtype=args.curve_dtype)
+    L = arch.n_layers(model)
+    docs = [r["text"] for r in data.load("c4")][:32]
+    d = prune.angular_distances(prune.last_token_states(model, prune.text_batches(tok, docs, 128)))
+    ns = prune_curve.block_counts([0, 0.1, 0.2, 0.3, 0.4, 0.5], L)
+    zoo = {(m, n): edits.from_schedule(schedule.drop(L, prune.blocks_for(m, d, L, n)), L)
+           for m in ("similarity", "deepest") for n in ns if n > 0 or m == "similarity"}
+    evaluation.lm_eval(model, tok, ["mmlu"], limit=4)  # warm-up: task preparation, first-call costs
+    handles, counted = _count_block_tokens(model)
+    start = time.perf_counter()
+    _, plain = evaluation.lm_eval(model, tok, ["mmlu"], limit=args.curve_items, log_samples=True)
+    plain_s, plain_tokens = time.perf_counter() - start, counted[0]
+    counted[0] = 0
+    start = time.perf_counter()
+    shared = prefix_eval.lm_eval_edits(model, tok, ["mmlu"], {str(k): e for k, e in zoo.items()},
+                                       limit=args.curve_items)
+    shared_s, shared_tokens = time.perf_counter() - start, counted[0]
+    for h in handles:
+        h.remove()
+    ll = lambda out: np.array([r[0][0] for s in out["samples"]["layerlab_mmlu"] for r in s["resps"]])  # noqa: E731
+    base = shared[str(("similarity", 0))][1]
+    return {"seconds": shared_s, "plain_pass_s": plain_s, "points": len(zoo), "items": args.curve_items,
+            "passes_by_tokens": shared_tokens / plain_tokens, "passes_by_time": shared_s / plain_s,
+            "naive_passes": len(zoo) * 1.0, "max_abs_diff_unmodified": float(np.abs(ll(base) - ll(plain)).max()),
+            "model": args.curve_model, "dtype": str(model.dtype).removeprefix("torch.")}
+
+
+def row_dtype_speed(args) -> dict:
+    """One forward pass of 8 x 128 tokens per model in float32 and in bfloat16 on this CPU
+    (after a warm-up): seconds and tokens per second (the table of issue #19)."""
+    import gc
+    import torch
+    import layerlab
+    out = []
+    ids = torch.randint(100, 1000, (8, 128), generator=torch.Generator().manual_seed(0))
+    for name in args.dtype_models.split(","):
+        for dtype in ("float32", "bfloat16"):
+            model, _ = layerlab.load(name, dtype=dtype, device="cpu")
+            with torch.no_grad():
+                model(input_ids=ids[:1, :32])
+                start = time.perf_counter()
+                model(input_ids=ids)
+                seconds = time.perf_counter() - start
+            out.append({"model": name, "dtype": dtype, "seconds": seconds, "tokens_per_s": ids.numel() / seconds})
+            del model
+            gc.collect()
+    return {"rows": out, "seconds": 0.0}
+
+
 ROWS = {    "laser_layerlab": row_laser_layerlab, "laser_bound": row_laser_bound, "laser_naive": row_laser_naive,
     "laser_naive_batched": row_laser_naive_batched, "svd": row_svd,
     "distances_one_pass": row_distances_one_pass, "distances_per_n": row_distances_per_n,
     "painters_shared": row_painters_shared, "painters_recomputed": row_painters_recomputed, "scaling": row_scaling, "gpu": row_gpu,
-    "ray": row_ray, "lm_eval_head": row_lm_eval_head,
+    "ray": row_ray, "lm_eval_head": row_lm_eval_head, "prune_curve_passes": row_prune_curve_passes,
+    "dtype_speed": row_dtype_speed,
 }
 
 
@@ -388,7 +458,8 @@ def run_row(name: str, args) -> dict:
            "--naive-sample", str(args.naive_sample), "--painters-items", str(args.painters_items),
            "--gpu-layers", str(args.gpu_layers), "--ray-layers", str(args.ray_layers),
            "--scaling-models", args.scaling_models, "--head-model", args.head_model,
-           "--head-items", str(args.head_items)]
+           "--head-items", str(args.head_items), "--curve-model", args.curve_model, "--curve-dtype", args.curve_dtype,
+           "--curve-items", str(args.curve_items), "--dtype-models", args.dtype_models]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -399,7 +470,10 @@ def table(res: dict, args) -> str:
     def s(name):
         return res.get(name, {}).get("seconds", float("nan"))
 
-    lines = [f"Benchmarks for `{args.model}` on {os.cpu_count()} CPU cores, one run "
+    from layerlab.machine import machine_info
+    info = machine_info()
+    lines = [f"Benchmarks for `{args.model}` on {info['cpu']} ({info['cpu_cores']} cores; {info['cpu_flags']}; native "
+             f"bf16: {'yes' if info['native_bf16'] else 'no'}; dtype auto = {info['auto_dtype']}), one run "
              f"({time.strftime('%Y-%m-%d %H:%M')}). Seconds are wall time; ratios are against layerlab's row.",
              "", "| sweep | method | seconds | configs (measured) | ratio | peak RSS MB |", "|---|---|---:|---:|---:|---:|"]
 
@@ -467,6 +541,22 @@ def table(res: dict, args) -> str:
                   f"log-likelihood difference {head['max_abs_diff']:.2g}."]
     elif head:
         lines += ["", f"lm-eval head: {head.get('error') or head.get('skipped')}"]
+    curve = res.get("prune_curve_passes", {})
+    if "plain_pass_s" in curve:
+        lines += ["", f"Deeper-layers curve, prefix-shared (`{curve['model']}`, {curve['dtype']}, {curve['points']} pruned "
+                  f"models = 6 fractions x 2 methods with n = 0 once, {curve['items']} MMLU items): "
+                  f"{curve['seconds']:.1f} s against {curve['plain_pass_s']:.1f} s for one plain lm-eval pass: "
+                  f"**{curve['passes_by_time']:.2f} passes** by time, {curve['passes_by_tokens']:.2f} by block-tokens "
+                  f"run (target at most 3; one lm-eval run per pruned model costs {curve['naive_passes']:.0f}); "
+                  f"unmodified model's log-likelihoods against the plain pass: largest difference "
+                  f"{curve['max_abs_diff_unmodified']:.2g}."]
+    elif curve:
+        lines += ["", f"Deeper-layers curve: {curve.get('error') or curve.get('skipped')}"]
+    speed = res.get("dtype_speed", {})
+    if "rows" in speed:
+        lines += ["", "Forward pass of 8 x 128 tokens on this CPU:", "", "| model | dtype | seconds | tokens/s |",
+                  "|---|---|---:|---:|"]
+        lines += [f"| {r['model']} | {r['dtype']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} |" for r in speed["rows"]]
     gpu = res.get("gpu")
     if gpu is not None:
         lines += ["", "GPU (Llama-2-7B-shaped random model, bf16): " + (
@@ -485,6 +575,10 @@ def main() -> int:
     parser.add_argument("--painters-items", type=int, default=40)
     parser.add_argument("--head-model", default="qwen2.5-coder-1.5b", help="model of the lm_eval_head row")
     parser.add_argument("--head-items", type=int, default=32, help="MMLU items of the lm_eval_head row")
+    parser.add_argument("--curve-model", default="qwen2.5-coder-1.5b", help="model of the prune_curve_passes row")
+    parser.add_argument("--curve-dtype", default="auto", help="its dtype (auto: the fastest this CPU has)")
+    parser.add_argument("--curve-items", type=int, default=100, help="MMLU items of the prune_curve_passes row")
+    parser.add_argument("--dtype-models", default="smollm2-135m,qwen2.5-coder-1.5b", help="models of the dtype_speed row")
     parser.add_argument("--gpu-layers", type=int, default=8)
     parser.add_argument("--ray-layers", type=int, default=8, help="deepest layers in the Ray row's sweep (0: all)")
     parser.add_argument("--scaling-models", default="smollm2-135m,gemma3-270m")

@@ -47,7 +47,7 @@ def test_fp32_identities_are_tighter():
 
 def test_device_and_dtype_parameters():
     assert models.resolve_device("cpu") == torch.device("cpu")
-    assert models.resolve_dtype("auto", "cpu") == torch.float32
+    assert models.resolve_dtype("auto", "cpu") == models.auto_dtype(torch.device("cpu"))  # test_auto_dtype.py: both branches
     assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match=r"device: 'gpu' is not a device; allowed: auto, cpu, cuda, cuda:N"):
         models.resolve_device("gpu")

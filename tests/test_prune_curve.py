@@ -4,7 +4,7 @@ curve orchestration on a tiny model (loss only: no lm-eval task), and the profil
 import pytest
 import torch
 
-from layerlab import evaluation, healing, lm_loss, prune, prune_curve, results
+from layerlab import healing, lm_loss, prefix_eval, prune, prune_curve, results
 from tiny import N_LAYERS, tiny_batch, tiny_model
 
 
@@ -25,9 +25,30 @@ def test_curve_point_loss_matches_a_really_pruned_model_and_is_read_back(tmp_pat
 
     def fail(*a, **k):
         raise AssertionError("recomputed a stored point")
-    monkeypatch.setattr(evaluation, "evaluate_model", fail)
+    monkeypatch.setattr(prefix_eval, "evaluate_edits", fail)
     again = prune_curve.curve_point(model, None, "tiny", store, "similarity", 2, [1, 2], [], None, loss_chunks)
     assert again["value"].tolist() == rows["value"].tolist()
+    items = store.get(prune_curve.ITEMS, rows["key"].iloc[0]) if "key" in rows else None
+    per_chunk = lm_loss.chunk_losses(prune.pruned_copy(model, [1, 2]), loss_chunks)[0]
+    stored = [store.get(prune_curve.ITEMS, k) for k in store.keys(prune_curve.ITEMS)]
+    assert len(stored) == 1 and stored[0]["item"].tolist() == list(range(len(loss_chunks)))
+    assert stored[0]["value"].to_numpy() == pytest.approx(per_chunk, abs=1e-6)  # the paired claims' input
+    assert items is None or items.equals(stored[0])
+
+
+def test_points_computed_together_equal_points_computed_alone(tmp_path):
+    model, loss_chunks = tiny_model("gemma3_text"), chunks()
+    points = [("similarity", 0, [], []), ("similarity", 2, [1, 2], []), ("deepest", 1, [2], []),
+              ("deepest", 2, [1, 2], [])]
+    together = prune_curve.curve_points(model, None, "tiny", results.ResultStore(tmp_path / "a"), points, None,
+                                        loss_chunks)
+    for method, n, blocks, _ in points:
+        alone = prune_curve.curve_point(model, None, "tiny", results.ResultStore(tmp_path / "b"), method, n, blocks,
+                                        [], None, loss_chunks)
+        mine = together[(together.method == method) & (together.n == n)]
+        assert mine["value"].iloc[0] == pytest.approx(alone["value"].iloc[0], abs=1e-6)
+        assert mine["value"].iloc[0] == pytest.approx(
+            lm_loss.normalised_loss(prune.pruned_copy(model, blocks), loss_chunks)[0], abs=1e-6)
 
 
 def test_healed_points_are_keyed_by_method_and_heal_settings(tmp_path):
@@ -54,7 +75,7 @@ def test_run_curve_heals_both_methods_and_labels_variants(tmp_path):
                lora_rank=2, eval_tasks=[], heuristic_tasks=[], seq_len=16)
     curve, timer = prune_curve.run_curve(model, None, "tiny", store, d, cfg, loss_chunks=chunks(),
                                          train_chunks=chunks(1, n=8))
-    assert set(timer) == {"similarity", "deepest", "healing", "healing_deepest"}
+    assert set(timer) == {"unhealed", "healing", "healing_deepest"}
     assert set(curve["variant"]) == set(prune_curve.VARIANTS.values())
     healed = curve[curve.healed]
     assert sorted(healed["method"]) == ["deepest", "similarity"] and set(healed["n"]) == {2}

@@ -16,40 +16,44 @@ import sys
 import time
 from pathlib import Path
 
+from .models import DTYPES
+
 ROOT = Path(__file__).resolve().parents[2]
 BOOK = ROOT / "book"
 EXECUTED = BOOK / "executed"
 PROFILES = ("smoke", "quick", "full")
 
 QWEN = "qwen2.5-coder-1.5b"
-BF16 = {"dtype": "bfloat16"}
-# Qwen2.5-Coder-1.5B in the quick book (bf16 on the CPU): the deeper-layers curve on MMLU, which it
-# is well above chance on (the headline claim the smaller models cannot test), and LASER on
-# CounterFact over its deepest quarter. Its healing, payoff and Painters runs are in the full profile.
+# Every chapter runs in dtype "auto": bfloat16 where the CPU computes it natively (avx512_bf16 or AMX:
+# there smollm2 ran 1.6x and gemma3 2.3x faster than in fp32), float32 elsewhere (on an AVX2-only CPU
+# bf16 ran 4.5-6x slower than fp32). `make book DTYPE=float32` forces a dtype for every language model.
+# Qwen2.5-Coder-1.5B in the quick book: the deeper-layers curve on MMLU, which it is well above
+# chance on (the headline claim the smaller models cannot test), and LASER on CounterFact over its
+# deepest quarter. Its healing, payoff and Painters runs are in the full profile.
 QWEN_QUICK = [
     # gate (gate_proj) is what the official LASER code reduces as U_in (fc_in) in Llama-family MLPs
-    ("laser", QWEN, {"dtype": "bfloat16", "datasets": ["counterfact"], "layers": list(range(21, 28)),
+    ("laser", QWEN, {"datasets": ["counterfact"], "layers": list(range(21, 28)),
                      "matrix_types": ["gate", "mlp_in", "mlp_out"], "greedy_layers": list(range(21, 28))}),
-    ("prune", QWEN, {"dtype": "bfloat16", "eval_tasks": ["mmlu"], "heuristic_tasks": ["mmlu"], "limit": 100,
+    ("prune", QWEN, {"eval_tasks": ["mmlu"], "heuristic_tasks": ["mmlu"], "limit": 100,
                      "fractions": [0, 0.1, 0.2, 0.3, 0.4, 0.5], "heal": False, "payoff_fractions": []}),
 ]
 # (technique notebook, model, extra parameters) per profile
 PLANS: dict[str, list[tuple[str, str, dict]]] = {
     "smoke": [("laser", "smollm2-135m", {}), ("laser_sokoban", "sokoban-dt", {}), ("prune", "smollm2-135m", {}),
               ("painters", "smollm2-135m", {"encoder": "minilm-l6"})],
-    # Every decoder runs in bf16 (measured on this CPU, 32x128 tokens: smollm2 1.6x and gemma3 2.3x
-    # faster than fp32). gemma3-270m's deeper-layers run (23 min cold in fp32, at chance on MMLU)
-    # moved to the full profile to make room for Qwen2.5-Coder-1.5B, which can show the MMLU collapse.
-    "quick": [("laser", "smollm2-135m", BF16), ("laser", "gemma3-270m", BF16), QWEN_QUICK[0],
-              ("prune", "smollm2-135m", BF16), QWEN_QUICK[1],
-              ("painters", "smollm2-135m", BF16 | {"encoder": "minilm-l6"}),
+    # gemma3-270m's deeper-layers run (23 min cold in fp32, at chance on MMLU) is in the full profile,
+    # making room for Qwen2.5-Coder-1.5B, which can show the MMLU collapse.
+    "quick": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}), QWEN_QUICK[0],
+              ("prune", "smollm2-135m", {}), QWEN_QUICK[1],
+              ("painters", "smollm2-135m", {"encoder": "minilm-l6"}),
               ("laser_sokoban", "sokoban-dt", {})],
-    "full": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}), ("laser", QWEN, {"dtype": "bfloat16"}),
+    "full": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}), ("laser", QWEN, {}),
              ("laser_sokoban", "sokoban-dt", {}),
-             ("prune", "smollm2-135m", {}), ("prune", "gemma3-270m", {}), ("prune", QWEN, {"dtype": "bfloat16"}),
+             ("prune", "smollm2-135m", {}), ("prune", "gemma3-270m", {}), ("prune", QWEN, {}),
              ("painters", "smollm2-135m", {"encoder": "minilm-l6"}), ("painters", "gemma3-270m", {"encoder": ""}),
-             ("painters", QWEN, {"dtype": "bfloat16", "encoder": ""})],
+             ("painters", QWEN, {"encoder": ""})],
 }
+LANGUAGE_MODEL_CHAPTERS = ("laser", "prune", "painters")  # what --dtype applies to (the Sokoban agent keeps its own)
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
            '<rect x="1" y="2" width="14" height="3" fill="#4c78a8"/><rect x="1" y="7" width="14" height="3" '
            'fill="#f58518"/><rect x="1" y="12" width="14" height="3" fill="#54a24b"/></svg>')
@@ -100,31 +104,68 @@ def tidy_executed(path: Path, model: str) -> None:
     nbformat.write(nb, path)
 
 
-def execute(profile: str, results_dir: Path, data_dir: str | None, log=print) -> list[dict]:
-    """Run every notebook of the profile; raise SystemExit naming the failing cell."""
+def chapter_plan(profile: str, dtype: str | None = None) -> list[tuple[str, str, dict]]:
+    """The profile's (technique, model, parameters), with ``dtype`` (if given) forced on
+    every language-model chapter; refused before anything runs when it is not a dtype."""
+    if dtype is not None and dtype not in ("auto", *DTYPES):
+        raise SystemExit(f"[book] --dtype: {dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    return [(t, m, extra | ({"dtype": dtype} if dtype and t in LANGUAGE_MODEL_CHAPTERS else {}))
+            for t, m, extra in PLANS[profile]]
+
+
+def execute(profile: str, results_dir: Path, data_dir: str | None, log=print, dtype: str | None = None,
+            calibrate=None) -> list[dict]:
+    """Run every notebook of the profile; raise SystemExit naming the failing cell. Prints
+    the plan with each chapter's estimated minutes first (``estimate``), and shows the
+    chapter's and the whole run's time left while it runs."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    from . import estimate
+    from .machine import machine_info
+
+    plan = chapter_plan(profile, dtype)
+    rows = estimate.plan_estimate([(t, m, extra.get("dtype", "auto")) for t, m, extra in plan], profile,
+                                  **({"calibrate": calibrate} if calibrate else {}))
+    for (technique, _, _), row in zip(plan, rows):
+        row["resolved"] = _resolved(row["dtype"], technique)
+    log(estimate.summary(rows))
+    machine = machine_info()
     EXECUTED.mkdir(parents=True, exist_ok=True)
     times = []
-    for technique, model, extra in PLANS[profile]:
-        out = EXECUTED / f"{executed_name(technique, model)}.ipynb"
-        params = {"model": model, "profile": profile, "results_dir": str(results_dir), **extra}
-        if data_dir:
-            params["data_dir"] = data_dir
-        log(f"[book] {technique} on {model} ({profile}) -> {out.relative_to(ROOT)}")
-        start = time.time()
-        try:
-            pm.execute_notebook(str(ROOT / "notebooks" / f"{technique}.ipynb"), str(out), parameters=params,
-                                cwd=str(ROOT), progress_bar=False, kernel_name="python3", log_output=False,
-                                stderr_file=sys.stderr)
-        except PapermillExecutionError as err:
-            raise SystemExit(f"[book] notebook {technique} on {model} failed in cell {err.exec_count}:\n"
-                             f"{err.source}\n{err.ename}: {err.evalue}\n(executed copy with the traceback: {out})")
-        tidy_executed(out, model)
-        times.append({"technique": technique, "model": model, "seconds": time.time() - start})
-        log(f"[book]   done in {times[-1]['seconds']:.0f} s")
+    with estimate.Progress([r["estimate_s"] for r in rows]) as progress:
+        for (technique, model, extra), row in zip(plan, rows):
+            out = EXECUTED / f"{executed_name(technique, model)}.ipynb"
+            params = {"model": model, "profile": profile, "results_dir": str(results_dir), **extra}
+            if data_dir:
+                params["data_dir"] = data_dir
+            log(f"[book] {technique} on {model} ({profile}, {row['resolved']}) -> {out.relative_to(ROOT)}")
+            progress.start(f"{technique} on {model}")
+            start = time.time()
+            try:
+                pm.execute_notebook(str(ROOT / "notebooks" / f"{technique}.ipynb"), str(out), parameters=params,
+                                    cwd=str(ROOT), progress_bar=False, kernel_name="python3", log_output=False,
+                                    stderr_file=sys.stderr)
+            except PapermillExecutionError as err:
+                raise SystemExit(f"[book] notebook {technique} on {model} failed in cell {err.exec_count}:\n"
+                                 f"{err.source}\n{err.ename}: {err.evalue}\n(executed copy with the traceback: {out})")
+            tidy_executed(out, model)
+            progress.finish()
+            times.append({"technique": technique, "model": model, "seconds": time.time() - start,
+                          "dtype": row["resolved"], "speed": round(row["speed"], 2),
+                          "estimate_s": None if row["estimate_s"] is None else round(row["estimate_s"]), **machine})
+            log(f"[book]   done in {times[-1]['seconds']:.0f} s"
+                + ("" if row["estimate_s"] is None else f" (estimated {row['estimate_s']:.0f} s)"))
     return times
+
+
+def _resolved(dtype: str, technique: str) -> str:
+    """The dtype a chapter ran in ("auto" resolved as the notebook resolves it)."""
+    if technique == "laser_sokoban" and dtype == "auto":
+        from .decision_agent import resolve
+        return str(resolve("auto", dtype)[1]).removeprefix("torch.")
+    from .models import resolve_dtype
+    return str(resolve_dtype(dtype)).removeprefix("torch.")
 
 
 def build_html(profile: str, results_dir: Path, log=print) -> Path:
@@ -159,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default quick)")
     parser.add_argument("--results-dir", default=None, help="default: results/<profile>")
     parser.add_argument("--data-dir", default=None, help="default: $LAYERLAB_DATA or ../shared/data")
+    parser.add_argument("--dtype", default=None, help="force a dtype on every language-model chapter: "
+                        f"auto, {', '.join(DTYPES)} (default: each chapter's own, auto)")
     parser.add_argument("--skip-execute", action="store_true", help="only rebuild the HTML")
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
@@ -167,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     if not args.skip_execute:
         from .results import record_timing
-        for t in execute(args.profile, results_dir, args.data_dir):
-            record_timing(results_dir, f"book:{t['technique']}", t["model"], args.profile, t["seconds"])
+        for t in execute(args.profile, results_dir, args.data_dir, dtype=args.dtype):
+            record_timing(results_dir, f"book:{t.pop('technique')}", t.pop("model"), args.profile, t.pop("seconds"), **t)
     build_html(args.profile, results_dir)
     print(f"[book] total {time.time() - start:.0f} s")
     return 0

@@ -74,8 +74,12 @@ class AgentConfig:
 
 def resolve(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
     """The torch device and dtype of the ``device`` / ``dtype`` parameters, resolved as for
-    the language models (``models.resolve_device`` / ``models.resolve_dtype``)."""
+    the language models (``models.resolve_device`` / ``models.resolve_dtype``), except that
+    "auto" on the CPU is float32: the agent is trained here, and its small matrices gain
+    nothing from bf16 while its optimiser state would lose precision."""
     dev = models.resolve_device(device)
+    if dtype == "auto" and dev.type == "cpu":
+        return dev, torch.float32
     return dev, models.resolve_dtype(dtype, dev)
 
 

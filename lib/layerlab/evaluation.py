@@ -208,10 +208,12 @@ def prepare_tasks(data_dir: str | os.PathLike | None = None, target: str | os.Pa
 
 def lm_eval(model, tokenizer, tasks: list[str], limit: int | float | None = None,
             batch_size: int = 16, data_dir: str | os.PathLike | None = None, seed: int = 0,
-            log_samples: bool = False) -> tuple[pd.DataFrame, dict]:
+            log_samples: bool = False, lm=None) -> tuple[pd.DataFrame, dict]:
     """Run layerlab's local lm-eval tasks on an in-memory model, request caching off.
 
-    tasks: keys of LM_EVAL_TASKS. limit: items per task (lm-eval's limit).
+    tasks: keys of LM_EVAL_TASKS. limit: items per task (lm-eval's limit). lm: an lm-eval
+    model wrapping ``model`` to use instead of a new ``ScoredPositionsLM`` (the
+    prefix-shared ``prefix_eval.PrefixSharedLM``).
     Returns (tidy rows: dataset, metric, value, stderr, n_items, ci_low, ci_high; the raw
     lm-eval result dict).
     """
@@ -230,8 +232,9 @@ def lm_eval(model, tokenizer, tasks: list[str], limit: int | float | None = None
     # log-softmax in float32 whatever the model's dtype: in bf16 two choices' log-likelihoods
     # (sums of ~10-nat terms) would be rounded to ~0.06 nats and near ties would flip.
     # ScoredPositionsLM: lm-eval's HFLM, with the output head computed only at scored positions
-    lm = ScoredPositionsLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
-              softmax_dtype=torch.float32)
+    if lm is None:
+        lm = ScoredPositionsLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
+                               softmax_dtype=torch.float32)
     names = [LM_EVAL_TASKS[t] for t in tasks]
     with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints progress ("bootstrapping for stddev") to stdout
         out = lm_eval_pkg.simple_evaluate(

@@ -9,7 +9,9 @@ see ``folder_fingerprint``); ``runtime(model)`` puts it, dtype, device type and 
 versions into every results key.
 
 Device and dtype (the notebooks' ``device`` and ``dtype`` parameters): "auto" picks CUDA
-when present, else the CPU; and bfloat16 on CUDA, float32 on the CPU.
+when present, else the CPU; and the fastest dtype the device computes natively
+(``auto_dtype``): bfloat16 on a GPU that supports it (else float16), bfloat16 on a CPU with
+avx512_bf16 or AMX, float32 on any other CPU.
 """
 
 from __future__ import annotations
@@ -185,18 +187,59 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise ValueError(f"device: {device!r} is not a device; allowed: {', '.join(DEVICES)}")
 
 
+# CPU flags that mean bfloat16 matmuls run natively (oneDNN's bf16 kernels); without them torch
+# emulates bf16 and it ran 4.5-6x slower than float32 on an AVX2-only CPU (DESIGN.md, "Scale")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (``NATIVE_BF16_FLAGS`` among its flags).
+    Decided from the CPU's capabilities, not by timing: the flags are what oneDNN
+    dispatches on, and reading them costs nothing and never varies between runs."""
+    return bool(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """What ``dtype="auto"`` means on ``device``: on CUDA bfloat16 where the GPU supports it
+    (``torch.cuda.is_bf16_supported``), else float16; on the CPU bfloat16 only where the CPU
+    computes it natively (``cpu_has_native_bf16``: about 2x faster than float32 there), else
+    float32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "auto") -> torch.dtype:
-    """The torch dtype for a ``dtype`` parameter: "auto" (bfloat16 on CUDA, float32 on the
-    CPU), "float32", "bfloat16" or "float16"."""
+    """The torch dtype for a ``dtype`` parameter: "auto" (``auto_dtype``: the fastest dtype
+    the device computes natively), "float32", "bfloat16" or "float16". bfloat16 asked for
+    on a CUDA GPU without bf16 support is refused."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
             raise ValueError(f"dtype: {dtype} is not supported; allowed: auto, {', '.join(DTYPES)}")
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
-    if dtype not in DTYPES:
+        chosen = dtype
+    elif dtype == "auto":
+        return auto_dtype(resolve_device(device))
+    elif dtype not in DTYPES:
         raise ValueError(f"dtype: {dtype!r} is not a dtype; allowed: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    else:
+        chosen = DTYPES[dtype]
+    if chosen == torch.bfloat16 and resolve_device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("dtype: bfloat16 is not supported by this GPU; allowed here: auto (float16), float16, float32")
+    return chosen
 
 
 from .provenance import (FINGERPRINT_SUFFIXES, VERSIONED_PACKAGES,  # noqa: E402,F401

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import arch, evaluation, models, results, runner, schedule
+from . import arch, evaluation, models, prefix_eval, results, runner, schedule
+from . import edits as edits_mod
 
 TECHNIQUE = "painters"
 BENCHMARKS = ("arc_easy", "arc_challenge", "hellaswag", "winogrande", "lambada", "gsm8k")
@@ -88,45 +89,51 @@ def item_rows(out: dict, tasks: list[str]) -> pd.DataFrame:
     """Per-item scores of each task's main metric (MAIN_METRIC) from an lm-eval result
     run with ``log_samples``: rows dataset, metric, item (lm-eval's doc_id, the position
     in the shuffled benchmark file), doc_hash, value (1.0 correct, 0.0 not)."""
-    rows = []
-    for t in tasks:
-        metric, _, filt = MAIN_METRIC[t].partition("[")
-        filt = filt.rstrip("]") or "none"
-        for smp in out["samples"][evaluation.LM_EVAL_TASKS[t]]:
-            if smp.get("filter", "none") == filt:
-                rows.append({"dataset": t, "metric": MAIN_METRIC[t], "item": int(smp["doc_id"]),
-                             "doc_hash": smp.get("doc_hash", ""), "value": float(smp[metric])})
-    return pd.DataFrame(rows, columns=["dataset", "metric", "item", "doc_hash", "value"])
+    rows = prefix_eval.item_rows(out, tasks)
+    return rows[rows["metric"] == rows["dataset"].map(MAIN_METRIC)].reset_index(drop=True)
+
+
+def evaluate_specs(model: nn.Module, tokenizer, model_name: str, store: results.ResultStore,
+                   spec_tasks: dict[Spec, list[str]], limits: dict[str, int | None], data_dir=None, seed: int = 0,
+                   batch_size: int = 16) -> pd.DataFrame:
+    """lm-eval rows of ``model`` run with each spec's schedule on its tasks, one stored
+    point per (spec, task); each point's per-item main-metric scores are stored under
+    ``ITEMS`` with the same key (the bootstrap intervals of ``painters_claims`` resample
+    them). The missing points are computed prefix-shared (``prefix_eval.lm_eval_edits``:
+    the blocks before a schedule's first changed position run once for all specs), one
+    evaluation per (limit, task list); generation (GSM8K) runs on each scheduled model."""
+    n_layers = arch.n_layers(model)
+    runtime = models.runtime(model)
+    keys = {s: {t: point_key(model_name, s, t, limits.get(t), runtime, seed, data_dir) for t in tasks}
+            for s, tasks in spec_tasks.items()}
+    groups: dict[tuple, list[Spec]] = {}
+    for s, tasks in spec_tasks.items():
+        todo = [t for t in tasks if not (store.has(TECHNIQUE, keys[s][t]) and store.has(ITEMS, keys[s][t]))]
+        for limit in sorted({limits.get(t) for t in todo}, key=str):
+            groups.setdefault((limit, tuple(t for t in todo if limits.get(t) == limit)), []).append(s)
+    for (limit, group), specs_ in groups.items():
+        edits = {s: edits_mod.from_schedule(s.steps(n_layers), n_layers) for s in specs_}
+        scored = prefix_eval.lm_eval_edits(model, tokenizer, list(group), edits, limit=limit, batch_size=batch_size,
+                                           data_dir=data_dir, seed=seed, log_samples=True)
+        for s, (rows, out) in scored.items():
+            extra = dict(model=model_name, split="test", n_layers=n_layers, eval_seed=seed,
+                         affected=0 if s.variant == "base" else n_layers - 2 * s.n_outer,
+                         schedule=schedule.describe(s.steps(n_layers)), **s.as_dict())
+            rows = rows.assign(technique=TECHNIQUE, **extra, **results.runtime_columns(runtime))
+            items = item_rows(out, list(group)).assign(technique=ITEMS, **extra, **results.runtime_columns(runtime))
+            for t in group:
+                part = items[items.dataset == t]
+                store.put(ITEMS, keys[s][t], part.assign(n_items=len(part)))
+                store.put(TECHNIQUE, keys[s][t], rows[rows.dataset == t])
+    return pd.concat([store.get(TECHNIQUE, keys[s][t]) for s, tasks in spec_tasks.items() for t in tasks],
+                     ignore_index=True)
 
 
 def evaluate(model: nn.Module, tokenizer, model_name: str, store: results.ResultStore, spec: Spec,
              tasks: list[str], limits: dict[str, int | None], data_dir=None, seed: int = 0,
              batch_size: int = 16) -> pd.DataFrame:
-    """lm-eval rows of ``model`` run with ``spec``'s schedule, one stored point per task.
-    Each point's per-item main-metric scores are stored under ``ITEMS`` with the same key
-    (the bootstrap intervals of ``painters_claims`` resample them)."""
-    n_layers = arch.n_layers(model)
-    runtime = models.runtime(model)
-    keys = {t: point_key(model_name, spec, t, limits.get(t), runtime, seed, data_dir) for t in tasks}
-    todo = [t for t in tasks if not (store.has(TECHNIQUE, keys[t]) and store.has(ITEMS, keys[t]))]
-    if todo:
-        steps = spec.steps(n_layers)
-        extra = dict(model=model_name, split="test", n_layers=n_layers, eval_seed=seed,
-                     affected=0 if spec.variant == "base" else n_layers - 2 * spec.n_outer,
-                     schedule=schedule.describe(steps), **spec.as_dict())
-        with schedule.scheduled(model, steps):
-            # one lm-eval call for every missing task with the same limit (fewer set-ups)
-            for limit in sorted({limits.get(t) for t in todo}, key=str):
-                group = [t for t in todo if limits.get(t) == limit]
-                rows, out = evaluation.lm_eval(model, tokenizer, group, limit=limit, batch_size=batch_size,
-                                               data_dir=data_dir, seed=seed, log_samples=True)
-                rows = rows.assign(technique=TECHNIQUE, **extra)
-                items = item_rows(out, group).assign(technique=ITEMS, **extra)
-                for t in group:
-                    part = items[items.dataset == t]
-                    store.put(ITEMS, keys[t], part.assign(n_items=len(part)))
-                    store.put(TECHNIQUE, keys[t], rows[rows.dataset == t])
-    return pd.concat([store.get(TECHNIQUE, keys[t]) for t in tasks], ignore_index=True)
+    """``evaluate_specs`` for one spec."""
+    return evaluate_specs(model, tokenizer, model_name, store, {spec: tasks}, limits, data_dir, seed, batch_size)
 
 
 def items_of(store: results.ResultStore, table: pd.DataFrame) -> pd.DataFrame:
@@ -219,5 +226,11 @@ def hidden_similarity(states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     states: [L + 1, batch, seq, d]; mask: [batch, seq]. Returns [L + 1, L + 1].
     """
     real = mask.bool().to(states.device)
-    vecs = torch.nn.functional.normalize(states[:, real].double(), dim=-1)  # [L+1, tokens, d]
-    return torch.einsum("atd,btd->ab", vecs, vecs).cpu().numpy() / vecs.shape[1]
+    n_b = states.shape[0]
+    total = torch.zeros(n_b, n_b, dtype=torch.float64)
+    count = 0
+    for b in range(states.shape[1]):  # one sequence at a time, float32 on the device, summed in float64 on the CPU
+        vecs = torch.nn.functional.normalize(states[:, b, real[b]].float(), dim=-1)  # [L+1, tokens, d]
+        total += torch.einsum("atd,btd->ab", vecs, vecs).double().cpu()
+        count += vecs.shape[1]
+    return total.numpy() / count

@@ -69,8 +69,8 @@ def run_decoder(lm, tok, model: str, store: results.ResultStore, cfg: dict, seed
                                              seed=seed, data_dir=data_dir, device=device, dtype=dtype, executor=executor,
                                              ray_address=ray_address, workers=workers)
         distributed.check_runtime(ran["runtime"], lm)
-    table = pd.concat([base_table] + [painters.evaluate(lm, tok, model, store, s, t, limits, data_dir, seed)
-                                      for s, t in spec_tasks.items()], ignore_index=True)
+    table = pd.concat([base_table, painters.evaluate_specs(lm, tok, model, store, spec_tasks, limits, data_dir, seed)],
+                      ignore_index=True)
     norm = painters.normalise(table)
     return dict(table=table, items=painters.items_of(store, table), norm=norm, limits=limits, n_layers=L,
                 med_main=painters.median_score(norm[norm.dataset != "gsm8k"]), base_main=painters.main_rows(base_table),

@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import arch, data, evaluation, models, params, prune, results
+from . import arch, data, evaluation, models, params, prefix_eval, prune, results, schedule
+from . import edits as edits_mod
 from .healing import HealConfig, heal
 from .lm_loss import text_chunks
 
@@ -116,6 +117,71 @@ def heal_config(cfg: dict, seed: int = 0) -> HealConfig:
                       seq_len=cfg["seq_len"], seed=seed)
 
 
+ITEMS = "prune_items"  # per-item results of each point (lm-eval samples, held-out chunks), keyed like the point
+EVAL_PATH = "prefix-shared"  # how the points are computed (prefix_eval): part of every key
+
+
+def _keys(model: nn.Module, model_name: str, method: str, n: int, blocks: list[int], tasks: list[str], limit,
+          loss_chunks: torch.Tensor, data_dir, seed: int, heal_config: HealConfig | None,
+          train_chunks: torch.Tensor | None) -> dict[str, str]:
+    """dataset -> results key of one pruned model's points (each task and "heldout")."""
+    heal_desc = heal_config.as_dict() if heal_config else None
+    base = {"method": method, "n": n, "blocks": blocks, "heal": heal_desc, "limit": limit, "seed": seed,
+            "path": EVAL_PATH}
+    if heal_config is not None:  # what the LoRA trained on
+        base["train_chunks"] = tensor_hash(train_chunks)
+    # the data: the prepared lm-eval tasks (files, prompt code) or the held-out token chunks
+    data = {d: {"tasks": evaluation.tasks_fingerprint(data_dir)} if d != "heldout" else
+            {"loss_chunks": list(loss_chunks.shape), "loss_tokens": tensor_hash(loss_chunks)}
+            for d in list(tasks) + ["heldout"]}
+    runtime = models.runtime(model)
+    return {d: results.point_key(model_name, TECHNIQUE, base | data[d], d, "test", runtime) for d in data}
+
+
+def _store(store, keys: dict[str, str], todo: list[str], rows: pd.DataFrame, items: pd.DataFrame, meta: dict) -> None:
+    """Store each missing dataset's rows and per-item rows under its key."""
+    for d in todo:
+        part = items[items.dataset == d]
+        store.put(ITEMS, keys[d], part.assign(technique=ITEMS, n_items=len(part), split="test", **meta))
+        store.put(TECHNIQUE, keys[d], rows[rows.dataset == d].assign(technique=TECHNIQUE, split="test", **meta))
+
+
+def curve_points(model: nn.Module, tokenizer, model_name: str, store, points: list[tuple[str, int, list[int], list[str]]],
+                 limit, loss_chunks: torch.Tensor, data_dir=None, seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
+    """Rows for unhealed pruned models, ``points``: (method, n, blocks dropped, lm-eval
+    tasks) each; every task and the normalised held-out loss, one stored point per task
+    (per-item rows under ``ITEMS``). The missing points are computed together, prefix-
+    shared (``prefix_eval.evaluate_edits``: one pass of the unmodified model, then only
+    each pruned model's blocks after its first dropped one), one evaluation per task list."""
+    n_layers = arch.n_layers(model)
+    runtime = models.runtime(model)
+    keys = [_keys(model, model_name, m, n, b, t, limit, loss_chunks, data_dir, seed, None, None)
+            for m, n, b, t in points]
+    todo = [[d for d in k if not (store.has(TECHNIQUE, k[d]) and store.has(ITEMS, k[d]))] for k in keys]
+    groups: dict[tuple, list[int]] = {}
+    for i, missing in enumerate(todo):
+        if missing:
+            groups.setdefault(tuple(d for d in missing if d != "heldout"), []).append(i)
+    for tasks, members in groups.items():
+        loss = loss_chunks if any("heldout" in todo[i] for i in members) else None
+        edits = {i: edits_mod.from_schedule(schedule.drop(n_layers, points[i][2]), n_layers) for i in members}
+        scored = prefix_eval.evaluate_edits(model, tokenizer, list(tasks), edits, limit=limit, loss_chunks=loss,
+                                            batch_size=batch_size, data_dir=data_dir, seed=seed)
+        for i, (rows, items) in scored.items():
+            method, n, blocks, _ = points[i]
+            meta = _meta(model_name, method, n, n_layers, blocks, None, None, limit, seed, runtime)
+            _store(store, keys[i], todo[i], rows, items, meta)
+    return pd.concat([store.get(TECHNIQUE, k[d]) for k in keys for d in k], ignore_index=True)
+
+
+def _meta(model_name: str, method: str, n: int, n_layers: int, blocks: list[int], heal_desc, heal_final_loss,
+          limit, seed: int, runtime: dict) -> dict:
+    return dict(model=model_name, method=method, n=n, fraction=n / n_layers, n_layers=n_layers,
+                healed=heal_desc is not None, blocks=",".join(map(str, blocks)),
+                heal_config=None if heal_desc is None else str(heal_desc), heal_final_loss=heal_final_loss,
+                limit=-1 if limit is None else limit, seed=seed, **results.runtime_columns(runtime))
+
+
 def curve_point(model: nn.Module, tokenizer, model_name: str, store, method: str, n: int, blocks: list[int],
                 tasks: list[str], limit, loss_chunks: torch.Tensor, data_dir=None, seed: int = 0,
                 heal_config: HealConfig | None = None, train_chunks: torch.Tensor | None = None,
@@ -125,45 +191,26 @@ def curve_point(model: nn.Module, tokenizer, model_name: str, store, method: str
     stored point per task. Healing runs once, and only if some point is missing. The key
     holds the method, n, blocks and the heal settings, so a healed heuristic point never
     reads a healed similarity point (their LoRA runs differ even where the blocks agree)."""
-    n_layers = arch.n_layers(model)
-    heal_desc = heal_config.as_dict() if heal_config else None
-    base = {"method": method, "n": n, "blocks": blocks, "heal": heal_desc, "limit": limit, "seed": seed}
-    if heal_config is not None:  # what the LoRA trained on
-        base["train_chunks"] = tensor_hash(train_chunks)
-    datasets = list(tasks) + ["heldout"]
-    # the data: the prepared lm-eval tasks (files, prompt code) or the held-out token chunks
-    data = {d: {"tasks": evaluation.tasks_fingerprint(data_dir)} if d != "heldout" else
-            {"loss_chunks": list(loss_chunks.shape), "loss_tokens": tensor_hash(loss_chunks)} for d in datasets}
-    runtime = models.runtime(model)
-    keys = {d: results.point_key(model_name, TECHNIQUE, base | data[d], d, "test", runtime) for d in datasets}
-    todo = [d for d in datasets if not store.has(TECHNIQUE, keys[d])]
+    if heal_config is None:
+        return curve_points(model, tokenizer, model_name, store, [(method, n, blocks, tasks)], limit, loss_chunks,
+                            data_dir, seed, batch_size)
+    keys = _keys(model, model_name, method, n, blocks, tasks, limit, loss_chunks, data_dir, seed, heal_config,
+                 train_chunks)
+    todo = [d for d in keys if not (store.has(TECHNIQUE, keys[d]) and store.has(ITEMS, keys[d]))]
     if todo:
-        if heal_config is not None:
-            work = prune.pruned_copy(model, blocks)
-            record = heal(work, train_chunks, heal_config)
-            work = record.pop("model")
-            ctx = None
-        else:
-            ctx = prune.dropped(model, blocks)
-            work = ctx.__enter__()
-        try:
-            tasks_todo = [d for d in todo if d != "heldout"]
-            rows = evaluation.evaluate_model(
-                work, tokenizer, tasks_todo, limit=limit,
-                loss_chunks=loss_chunks if "heldout" in todo else None, batch_size=batch_size,
-                data_dir=data_dir, seed=seed)  # one lm-eval call for every missing task
-            rows = rows.assign(model=model_name, technique=TECHNIQUE, split="test", method=method, n=n,
-                               fraction=n / n_layers, n_layers=n_layers, healed=heal_config is not None,
-                               blocks=",".join(map(str, blocks)),
-                               heal_config=None if heal_desc is None else str(heal_desc),
-                               heal_final_loss=None if heal_config is None else float(np.mean(record["losses"][-5:])),
-                               limit=-1 if limit is None else limit, seed=seed, **results.runtime_columns(runtime))
-            for d in todo:
-                store.put(TECHNIQUE, keys[d], rows[rows.dataset == d])
-        finally:
-            if ctx is not None:
-                ctx.__exit__(None, None, None)
-    return pd.concat([store.get(TECHNIQUE, keys[d]) for d in datasets], ignore_index=True)
+        work = prune.pruned_copy(model, blocks)
+        record = heal(work, train_chunks, heal_config)
+        work = record.pop("model")
+        tasks_todo = [d for d in todo if d != "heldout"]
+        unmodified = {0: edits_mod.unmodified(arch.n_layers(work))}
+        rows, items = prefix_eval.evaluate_edits(
+            work, tokenizer, tasks_todo, unmodified, limit=limit,
+            loss_chunks=loss_chunks if "heldout" in todo else None, batch_size=batch_size, data_dir=data_dir,
+            seed=seed)[0]  # one lm-eval call for every missing task
+        meta = _meta(model_name, method, n, arch.n_layers(model), blocks, heal_config.as_dict(),
+                     float(np.mean(record["losses"][-5:])), limit, seed, models.runtime(model))
+        _store(store, keys, todo, rows, items, meta)
+    return pd.concat([store.get(TECHNIQUE, keys[d]) for d in keys], ignore_index=True)
 
 
 def run_curve(lm: nn.Module, tok, model: str, store, distances: np.ndarray, cfg: dict, data_dir=None, seed: int = 0,
@@ -174,7 +221,8 @@ def run_curve(lm: nn.Module, tok, model: str, store, distances: np.ndarray, cfg:
     (n > 0) on cfg['heuristic_tasks']; and, when ``heal``, both methods healed with LoRA
     at every n of cfg['heal_fractions'] (each on its own tasks). Returns (rows with a
     ``variant`` column, where the unpruned model also appears as the heuristic's n = 0;
-    seconds per part: similarity, deepest, healing, healing_deepest; ~0 when cached)."""
+    seconds per part: unhealed (both methods, prefix-shared), healing, healing_deepest;
+    ~0 when cached)."""
     big_l = arch.n_layers(lm)
     ns = block_counts(cfg["fractions"], big_l)
     heal_ns = [n for n in block_counts(cfg["heal_fractions"], big_l) if n > 0] if heal else []
@@ -184,12 +232,20 @@ def run_curve(lm: nn.Module, tok, model: str, store, distances: np.ndarray, cfg:
             ("healing", "similarity", heal_ns, cfg["eval_tasks"], hc),
             ("healing_deepest", "deepest", heal_ns, cfg["heuristic_tasks"], hc)]
     timer, parts = {}, []
+    # the unhealed points of both methods share one prefix-shared evaluation (per task list)
+    t0 = time.time()
+    unhealed = [(method, n, prune.blocks_for(method, distances, big_l, n), list(tasks))
+                for _, method, part_ns, tasks, hcfg in plan if hcfg is None for n in part_ns]
+    parts.append(curve_points(lm, tok, model, store, unhealed, cfg["limit"], loss_chunks, data_dir, seed))
+    timer["unhealed"] = time.time() - t0
     for part, method, part_ns, tasks, hcfg in plan:
+        if hcfg is None:
+            continue
         t0 = time.time()
         for n in part_ns:
             parts.append(curve_point(lm, tok, model, store, method, n, prune.blocks_for(method, distances, big_l, n),
                                      tasks, cfg["limit"], loss_chunks, data_dir, seed,
-                                     heal_config=hcfg, train_chunks=train_chunks if hcfg else None))
+                                     heal_config=hcfg, train_chunks=train_chunks))
         timer[part] = time.time() - t0
     curve = pd.concat(parts, ignore_index=True)
     curve["healed"] = curve["healed"].astype(bool)

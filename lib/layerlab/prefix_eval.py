@@ -1,0 +1,211 @@
+"""lm-eval for many edits of one model, each paying only for its own suffix (issue #19).
+
+Every edit the book scores through lm-eval leaves a prefix of blocks untouched
+(``edits.Edit.start``), and lm-eval's requests for a task are the same whatever the
+edit. ``lm_eval_edits`` therefore runs lm-eval's own request building, batching, scoring
+and metrics, but computes the model's part once per batch for all edits:
+
+1. The first ``simple_evaluate`` call hands ``PrefixSharedLM`` every log-likelihood
+   request of the tasks. It cuts them into chunks of at most ``chunk_tokens`` input
+   tokens (lm-eval's longest-first order; requests sharing a context stay together).
+2. Per chunk, HFLM's own loop runs once on the unmodified model and ``runner.capture``
+   keeps the residual stream entering each edit's start block. Then, per edit, HFLM's
+   loop runs again (except for the unmodified model, which the capture pass scored) with
+   the model call served from that capture: the edit's blocks from
+   ``start`` on (its schedule, with its weight edit applied), the final norm and the head
+   at the scored positions only. HFLM computes the log-softmax and greedy flags, so the
+   numbers are lm-eval's. The chunk's states are then dropped.
+3. Every edit's answers are kept (a float and a bool per request); one ``simple_evaluate``
+   per edit then reads them for lm-eval's metrics, per-sample logs and aggregation.
+
+Memory: one chunk's states for the distinct start blocks, [chunk rows, chunk length,
+d_model] each, whatever the number of items; the answers table grows by two numbers per
+request and edit. Compute: one full pass of the unmodified model per chunk plus each
+edit's suffix. Generation requests (GSM8K) cannot share a prefix through a KV cache: they
+run on the edited model itself (``edits.applied``), as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import arch, edits as edits_mod, evaluation, runner
+from .lm_eval_model import ScoredPositionsLM
+
+ITEM_METRICS = ("acc", "acc_norm", "exact_match")
+CAPTURE = "capture"
+
+
+class PrefixSharedLM(ScoredPositionsLM):
+    """ScoredPositionsLM answering log-likelihood requests for every edit of ``edits`` at
+    once (see the module docstring); ``current`` selects whose answers lm-eval receives
+    and which edit ``generate_until`` runs."""
+
+    def __init__(self, *args, edits: Sequence[edits_mod.Edit], chunk_tokens: int = 8192, **kwargs):
+        super().__init__(*args, **kwargs)
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1; got {chunk_tokens!r}")
+        self.edits, self.chunk_tokens, self.current = list(edits), chunk_tokens, 0
+        self._answers: dict[tuple, list[tuple[float, bool]]] = {}
+        self._mode: str | int | None = None
+        self._states: dict[tuple, runner.ResidualState] = {}
+        self.model_calls = {"capture": 0, "suffix": 0}
+
+    # lm-eval entry points -----------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if self._mode is not None:  # inside _compute: HFLM's own loop on one chunk
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+        missing = [r for r in requests if _request_key(r) not in self._answers]
+        if missing:
+            self._compute(missing)
+        return [self._answers[_request_key(r)][self.current] for r in requests]
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        with edits_mod.applied(self.model, self.edits[self.current]):
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        with edits_mod.applied(self.model, self.edits[self.current]):
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    # the shared computation ---------------------------------------------------------
+    def _compute(self, requests) -> None:
+        n_layers = arch.n_layers(self.model)
+        self._keep = edits_mod.starts(self.edits) | {n_layers}
+        try:
+            for chunk in chunks(requests, self.chunk_tokens):
+                self._mode = CAPTURE  # the capture pass scores the unmodified model
+                unmodified = super()._loglikelihood_tokens(chunk, disable_tqdm=True)
+                per_edit = []
+                for i, edit in enumerate(self.edits):
+                    if edit == edits_mod.unmodified(n_layers):
+                        per_edit.append(unmodified)
+                        continue
+                    self._mode = i
+                    with edits_mod.weights_applied(self.model, edit):
+                        per_edit.append(super()._loglikelihood_tokens(chunk, disable_tqdm=True))
+                for j, r in enumerate(chunk):
+                    self._answers[_request_key(r)] = [answers[j] for answers in per_edit]
+                self._states.clear()
+        finally:
+            self._mode = None
+            self._states.clear()
+
+    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self._mode is None or attn_mask is not None or labels is not None:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        keep = self._positions_to_keep(inps) or inps.shape[1]
+        key = (tuple(inps.shape), hashlib.sha256(inps.cpu().numpy().tobytes()).hexdigest())
+        with torch.no_grad():
+            if self._mode == CAPTURE:
+                state = runner.capture(self.model, inps, keep=self._keep)
+                self._states[key] = state
+                self.model_calls["capture"] += 1
+                h = state.hidden[state.n_layers]
+            else:
+                state = self._states.get(key)
+                if state is None:  # lm-eval batched this chunk differently than in the capture pass
+                    raise RuntimeError("prefix-shared evaluation: a batch was not captured; lm-eval's batching "
+                                       "must be the same for every edit of a chunk")
+                self.model_calls["suffix"] += 1
+                h = edits_mod.run(self.model, state, self.edits[self._mode])
+            return runner.finish(self.model, h[:, -keep:])
+
+
+def _request_key(request) -> tuple:
+    _, context_enc, continuation_enc = request
+    return tuple(context_enc), tuple(continuation_enc)
+
+
+def chunks(requests: list, chunk_tokens: int) -> list[list]:
+    """Requests in lm-eval's order (longest first), cut into chunks whose distinct model
+    inputs add up to at most ``chunk_tokens`` tokens (at least one input each); requests
+    that lm-eval would score from one model input (same context, one-token continuations)
+    stay in one chunk."""
+    groups: dict[tuple, list] = {}
+    for r in requests:
+        _, ctx, cont = r
+        groups.setdefault(tuple(ctx) + tuple(cont[:-1]), []).append(r)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g[0][1] + g[0][2]), tuple(g[0][1] + g[0][2])))
+    out, current, used = [], [], 0
+    for g in ordered:
+        size = len(g[0][1]) + len(g[0][2])
+        if current and used + size > chunk_tokens:
+            out.append(current)
+            current, used = [], 0
+        current += g
+        used += size
+    if current:
+        out.append(current)
+    return out
+
+
+def lm_eval_edits(model: nn.Module, tokenizer, tasks: list[str], edits: Mapping[str, edits_mod.Edit],
+                  limit: int | float | None = None, batch_size: int = 16, data_dir=None, seed: int = 0,
+                  log_samples: bool = True, chunk_tokens: int = 8192) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """``evaluation.lm_eval`` for every edit of ``edits`` (name -> Edit), sharing each
+    edit's unchanged prefix. Returns name -> (tidy rows, raw lm-eval output) as
+    ``evaluation.lm_eval`` would for the edited model (equal log-likelihoods up to float
+    rounding: tests/test_prefix_eval.py)."""
+    if not edits:
+        return {}
+    device = str(next(model.parameters()).device)
+    lm = PrefixSharedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
+                        softmax_dtype=torch.float32, edits=list(edits.values()), chunk_tokens=chunk_tokens)
+    out = {}
+    for i, name in enumerate(edits):
+        lm.current = i
+        out[name] = evaluation.lm_eval(model, tokenizer, tasks, limit=limit, batch_size=batch_size,
+                                       data_dir=data_dir, seed=seed, log_samples=log_samples, lm=lm)
+    return out
+
+
+def item_rows(out: dict, tasks: list[str]) -> pd.DataFrame:
+    """Per-item scores from an lm-eval result run with ``log_samples``: rows dataset,
+    metric (``ITEM_METRICS`` present in the samples; "[filter]" appended unless "none"),
+    item (lm-eval's doc_id: the position in the shuffled benchmark file), doc_hash, value
+    (1.0 correct, 0.0 not)."""
+    rows = []
+    for t in tasks:
+        for smp in out["samples"][evaluation.LM_EVAL_TASKS[t]]:
+            filt = smp.get("filter", "none")
+            for metric in ITEM_METRICS:
+                if metric in smp:
+                    rows.append({"dataset": t, "metric": metric if filt == "none" else f"{metric}[{filt}]",
+                                 "item": int(smp["doc_id"]), "doc_hash": smp.get("doc_hash", ""),
+                                 "value": float(smp[metric])})
+    return pd.DataFrame(rows, columns=["dataset", "metric", "item", "doc_hash", "value"])
+
+
+def evaluate_edits(model: nn.Module, tokenizer, tasks: list[str], edits: Mapping[str, edits_mod.Edit],
+                   limit: int | float | None = None, loss_chunks: torch.Tensor | None = None,
+                   batch_size: int = 16, data_dir=None, seed: int = 0) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """lm-eval ``tasks`` and, if ``loss_chunks`` ([n, T] token ids) is given, the held-out
+    next-token loss normalised by log(vocab) (dataset "heldout", metric "loss_norm"), for
+    every edit, prefix-shared. Returns name -> (tidy rows as ``evaluation.evaluate_model``
+    gives them; per-item rows: ``item_rows`` for the tasks, one row per chunk for the loss)."""
+    from .lm_loss import chunk_losses, mean_and_se
+
+    out = {name: ([], []) for name in edits}
+    if tasks:
+        for name, (rows, raw) in lm_eval_edits(model, tokenizer, tasks, edits, limit=limit, batch_size=batch_size,
+                                               data_dir=data_dir, seed=seed).items():
+            out[name][0].append(rows)
+            out[name][1].append(item_rows(raw, tasks))
+    if loss_chunks is not None:
+        per_chunk = chunk_losses(model, loss_chunks, list(edits.values()))
+        for name, per in zip(edits, per_chunk):
+            value, se = mean_and_se(per)
+            out[name][0].append(pd.DataFrame([{"dataset": "heldout", "metric": "loss_norm", "value": value,
+                                               "stderr": se, "n_items": len(per), "ci_low": value - 1.96 * se,
+                                               "ci_high": value + 1.96 * se}]))
+            out[name][1].append(pd.DataFrame({"dataset": "heldout", "metric": "loss_norm", "item": range(len(per)),
+                                              "doc_hash": "", "value": per}))
+    return {name: (pd.concat(rows, ignore_index=True), pd.concat(items, ignore_index=True))
+            for name, (rows, items) in out.items()}
