@@ -100,8 +100,8 @@ def test_sharded_laser_sweep_on_ray_matches_local(model_dir, raylet_pid, tmp_pat
     on_ray = distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path / "ray",
                                           executor="ray", workers=2, **kw)
     cpu32 = models.runtime_of(torch.float32, "cpu", models.fingerprint(model_dir))
-    assert local == {"points": 26, "computed": 26, "tasks": 0, "runtime": cpu32}
-    assert on_ray == {"points": 26, "computed": 26, "tasks": 2, "runtime": cpu32}
+    assert local == {"points": 26, "computed": 26, "tasks": 0, "runtime": cpu32, "gpu": None}
+    assert on_ray == {"points": 26, "computed": 26, "tasks": 2, "runtime": cpu32, "gpu": None}
     assert not list((tmp_path / "ray").glob(".run-*"))  # the driver's marker for the workers is gone
     for technique in ("laser", "laser_items"):
         a, b = _table(tmp_path / "local", technique), _table(tmp_path / "ray", technique)

@@ -29,7 +29,7 @@ def test_local_folder_loads(tmp_path):
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel({"a": 0, "<unk>": 1}, "<unk>")),
                                   eos_token="a", unk_token="<unk>")
     tok.save_pretrained(tmp_path)
-    loaded, tokenizer = layerlab.load(str(tmp_path))
+    loaded, tokenizer = layerlab.load(str(tmp_path), dtype="float32", device="cpu")
     ids, mask = tiny_batch()
     real = mask.bool()  # eager (tiny) vs sdpa (loaded) attention: equal to float tolerance
     diff = (runner.full_logits(loaded, ids, mask) - runner.full_logits(model, ids, mask))[real].abs().max()

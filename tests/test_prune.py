@@ -133,3 +133,46 @@ def test_healing_trains_lora_on_the_mlp_and_merges():
     assert torch.equal(arch.weight(healed, "q", 0).read(), attn_before)  # attention untouched
     assert not any("lora" in n for n, _ in healed.named_parameters())  # merged
     assert out["config"]["alpha"] == 4 and out["config"]["dropout"] == 0.05
+
+
+def test_pruned_copy_copies_only_the_kept_weights_and_keeps_ties():
+    model = tiny_model("gpt2")  # lm_head is tied to the token embedding
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    pruned = prune.pruned_copy(model, [1, 2], device="cpu")
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight
+    assert not any(p.is_meta for p in pruned.parameters()) and not any(b.is_meta for b in pruned.buffers())
+    mine = {p.data_ptr() for p in model.parameters()}
+    assert not any(p.data_ptr() in mine for p in pruned.parameters())  # a copy, not shared storage
+    n_block = sum(p.numel() for p in arch.blocks(model)[0].parameters())
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in pruned.parameters()) == 2 * n_block
+    assert torch.equal(arch.blocks(pruned)[1].mlp.c_fc.weight, arch.blocks(model)[3].mlp.c_fc.weight)
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())  # the original untouched
+    assert arch.n_layers(model) == N_LAYERS and model.config.num_hidden_layers == N_LAYERS
+
+
+def test_lora_is_merged_in_float32_then_cast():
+    """bf16 base weights: W <- (W.float() + s * B @ A).to(bf16), one rounding; peft's own merge
+    adds an update already rounded to bf16 (two roundings, small updates lost)."""
+    from peft import LoraConfig, get_peft_model
+
+    from layerlab import healing
+
+    model = tiny_model("llama", dtype=torch.bfloat16)
+    w0 = arch.weight(model, "mlp_in", 0).read().clone()
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=4, target_modules=healing.mlp_module_names(model),
+                                                  lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
+    torch.manual_seed(1)
+    for m in peft_model.modules():
+        if hasattr(m, "lora_B") and "default" in getattr(m, "lora_B", {}):
+            with torch.no_grad():  # a small update, as a short healing run leaves
+                m.lora_B["default"].weight.copy_(1e-3 * torch.randn_like(m.lora_B["default"].weight))
+    layer = peft_model.base_model.model.model.layers[0].mlp.up_proj
+    a, b = layer.lora_A["default"].weight.float(), layer.lora_B["default"].weight.float()
+    expected = (w0.float() + (b @ a) * layer.scaling["default"]).to(torch.bfloat16)
+    assert healing.merge_lora(peft_model) == 4 * 3
+    merged = peft_model.unload()
+    got = arch.weight(merged, "mlp_in", 0).read()
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, w0)  # the update did not round away
+    assert not any("lora" in n for n, _ in merged.named_parameters())

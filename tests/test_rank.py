@@ -171,3 +171,59 @@ def test_unavailable_and_unknown_datasets_are_refused():
         laser.build_task("bias_in_bios")
     with pytest.raises(ValueError, match="datasets: unknown 'nope'; allowed: counterfact, hotpotqa"):
         laser.build_task("nope")
+
+
+def test_the_svd_cache_is_bounded_evicts_by_matrix_and_restores_bit_for_bit():
+    model = tiny_model("llama")
+    before = state_hash(model)
+    one = rank.SVDCache(model, max_bytes=None)
+    one.svd("mlp_in", 0)
+    entry = one.nbytes()  # one (matrix type, layer): CPU original + U, S, Vh
+    assert one.original("mlp_in", 0).device.type == "cpu"
+    cache = rank.SVDCache(model, max_bytes=int(2.5 * entry))  # room for two mlp_in entries
+    grid = [rank.Reduction("mlp_in", layer, rho) for layer in (3, 2, 1, 0) for rho in (0.1, 0.5)]
+    reference = {}
+    for r in grid:
+        with rank.reduced(model, r, cache):
+            reference[r] = arch.weight(model, r.matrix_type, r.layer).read()
+            assert cache.nbytes() <= cache.max_bytes
+        assert state_hash(model) == before
+    assert cache.computed == 4  # one SVD per matrix, reused for both rhos
+    assert cache.evicted >= 2 and cache.keys() == [("mlp_in", 1), ("mlp_in", 0)]
+    # an evicted entry is read again from the restored model: the same bits, the same reduction
+    for r in grid:
+        with rank.reduced(model, r, cache):
+            assert torch.equal(arch.weight(model, r.matrix_type, r.layer).read(), reference[r])
+        assert state_hash(model) == before
+    assert cache.computed == 8
+
+
+def test_a_reduced_matrix_keeps_its_original_under_a_tiny_budget():
+    model = tiny_model("llama")
+    before = state_hash(model)
+    cache = rank.SVDCache(model, max_bytes=0)  # evicts everything it can
+    reds = [rank.Reduction("mlp_in", 3, 0.25), rank.Reduction("mlp_out", 3, 0.25), rank.Reduction("q", 2, 0.5)]
+    with rank.reduced(model, reds, cache):
+        assert state_hash(model) != before
+        assert set(cache._original) == {("mlp_in", 3), ("mlp_out", 3), ("q", 2)}  # all pinned
+    assert state_hash(model) == before
+    with rank.reduced(model, reds[0], cache):
+        pass
+    assert state_hash(model) == before
+    assert len(cache.keys()) <= 1  # only the entry just used (a budget below one entry keeps one)
+    with pytest.raises(ValueError, match="max_bytes"):
+        rank.SVDCache(model, max_bytes=-1)
+
+
+def test_one_cache_serves_several_datasets(tmp_path):
+    """Sweepers of two datasets on one model share one cache: each SVD is computed once."""
+    model = tiny_model("llama")
+    cache = rank.SVDCache(model)
+    store = results.ResultStore(tmp_path / "r")
+    for n in (20, 30):
+        folder = tmp_path / f"d{n}"
+        folder.mkdir()
+        task = laser.build_task(str(facts_file(folder, n)))
+        sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, store, svd=cache)
+        laser.sweep(sweeper, ["mlp_in"], [2, 3], [0.1, 0.5], progress=False)
+    assert cache.computed == 2

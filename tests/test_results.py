@@ -8,7 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from layerlab import results
+import torch
+
+from layerlab import models, results
 
 HERE = Path(__file__).parent
 
@@ -92,7 +94,11 @@ def test_point_key_depends_on_every_runtime_field():
                    {"versions": {**rt["versions"], "transformers": "5.22.0"}},
                    {"versions": {**rt["versions"], "lm_eval": "0.4.8"}}):
         assert results.point_key(**{**base, "runtime": {**rt, **change}}) != k
-    assert results.CODE_VERSION == "3"
+    assert results.CODE_VERSION == "4"
+    h100 = models.runtime_of(torch.bfloat16, "cuda", "abc", "NVIDIA H100 80GB HBM3")
+    h200 = models.runtime_of(torch.bfloat16, "cuda", "abc", "NVIDIA H200")
+    assert results.point_key(**{**base, "runtime": h100}) != results.point_key(**{**base, "runtime": h200})
+    assert "gpu" not in models.runtime_of(torch.bfloat16, "cpu", "abc", "ignored")  # CPU keys unchanged
 
 
 def test_items_hash_names_the_sample_not_its_order():
@@ -101,3 +107,58 @@ def test_items_hash_names_the_sample_not_its_order():
     assert h != results.items_hash(["a", "b"]) and h != results.items_hash(["a", "b", "d"])
     assert h != results.items_hash(["a", "b", "c", "c"])  # a repeated item counts
     assert results.items_hash([1, 2]) == results.items_hash(["1", "2"])
+
+
+def test_a_truncated_shard_is_moved_aside_with_a_warning_and_recomputed(tmp_path):
+    store = results.ResultStore(tmp_path)
+    store.put("t", "good", [_row(layer=1)])
+    store.put("t", "cut", [_row(layer=2)])
+    shard = tmp_path / "t" / "cut.parquet"
+    shard.write_bytes(shard.read_bytes()[:-20])  # a full disk / partial copy: no footer
+    fresh = results.ResultStore(tmp_path)
+    with pytest.warns(results.UnreadableShardWarning, match=r"cut\.parquet.*cannot be read.*computed again"):
+        assert not fresh.has("t", "cut")
+    assert not shard.exists()
+    aside = list((tmp_path / "t").glob("cut.parquet.unreadable-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size > 0  # kept for inspection, out of every listing
+    assert fresh.keys("t") == {"good"} and results.missing(fresh, "t", ["good", "cut"]) == ["cut"]
+    calls = []
+    rows = fresh.point("t", "cut", lambda: calls.append(1) or [_row(layer=2, value=0.7)])
+    assert calls == [1] and rows["value"].tolist() == [0.7]
+    assert sorted(fresh.table("t")["layer"]) == [1, 2]
+
+
+def test_the_table_skips_an_unreadable_shard_and_get_names_it(tmp_path):
+    store = results.ResultStore(tmp_path)
+    store.put("t", "good", [_row(layer=1)])
+    (tmp_path / "t" / "bad.parquet").write_bytes(b"PAR1 not a parquet file")
+    with pytest.warns(results.UnreadableShardWarning, match="bad.parquet"):
+        table = store.table()
+    assert table["layer"].tolist() == [1]
+    store.put("t", "bad2", [_row()])
+    (tmp_path / "t" / "bad2.parquet").write_bytes(b"")
+    with pytest.warns(results.UnreadableShardWarning), pytest.raises(KeyError, match="bad2"):
+        store.get("t", "bad2")
+
+
+def test_a_truncated_laser_shard_is_recomputed_not_fatal(tmp_path):
+    """The notebook's failure mode: a truncated shard in results/ used to raise pyarrow's
+    'Parquet magic bytes not found in footer'; now the point is computed again."""
+    from layerlab import laser, rank
+    from tiny import CharTokenizer, facts_file, tiny_model
+
+    model = tiny_model("llama")
+    task = laser.build_task(str(facts_file(tmp_path)))
+    store = results.ResultStore(tmp_path / "r")
+    red = [rank.Reduction("mlp_in", 3, 0.5)]
+    first = laser.Sweeper(model, CharTokenizer(), "tiny", task, store).point(red)
+    key = laser.Sweeper(model, CharTokenizer(), "tiny", task, store).key(red)
+    for technique in ("laser", "laser_items"):
+        shard = tmp_path / "r" / technique / f"{key}.parquet"
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+        sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, results.ResultStore(tmp_path / "r"))
+        with pytest.warns(results.UnreadableShardWarning, match=f"{technique}/{key}.parquet"):
+            again = sweeper.point(red)
+        pd.testing.assert_frame_equal(again.drop(columns=[]), first)
+        assert sweeper._scorer is not None  # it was computed again
+        assert len(sweeper.items(red)) == task.n_items

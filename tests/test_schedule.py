@@ -104,3 +104,45 @@ def test_hidden_similarity_is_one_on_the_diagonal():
     a = torch.nn.functional.normalize(states[0][mask.bool()], dim=-1)
     b = torch.nn.functional.normalize(states[3][mask.bool()], dim=-1)
     assert sim[0, 3] == pytest.approx(float((a * b).sum(-1).mean()), abs=1e-6)
+
+
+def test_parallel_sum_is_float32_and_one_block_groups_are_exact():
+    a = torch.full((2, 3), 1.0, dtype=torch.bfloat16)
+    tiny = torch.full((2, 3), 2.0 ** -9, dtype=torch.bfloat16)  # below bf16's resolution at 1.0
+    total = None
+    for out in (a, tiny, tiny, tiny, tiny):
+        total = schedule.accumulate(total, out)
+    assert total.dtype == torch.float32
+    avg = schedule.average(total, 5, torch.bfloat16)
+    assert avg.dtype == torch.bfloat16
+    assert torch.equal(avg, ((1.0 + 4 * 2.0 ** -9) / 5 * torch.ones(2, 3)).to(torch.bfloat16))
+    # summed one by one in bf16, the small outputs would vanish
+    bf16_sum = a.clone()
+    for _ in range(4):
+        bf16_sum = bf16_sum + tiny
+    assert torch.equal(bf16_sum, a)
+    assert torch.equal(schedule.average(schedule.accumulate(None, a), 1, a.dtype), a)
+    assert schedule.accumulate(None, a) is not a  # never sums into a block's own output
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2"])
+def test_bf16_parallel_groups_give_the_same_numbers_in_the_runner_and_the_scheduled_model(name):
+    """One schedule, one answer: the runner and the scheduled model share schedule.accumulate."""
+    model = tiny_model(name, dtype=torch.bfloat16)
+    ids, mask = tiny_batch()
+    steps = [0, Parallel((1, 2, 3), 2)]
+    state = runner.capture(model, ids, mask)
+    ours = runner.run_blocks(model, state, state.hidden[0], steps)
+    with schedule.scheduled(model, steps):
+        theirs = runner.capture(model, ids, mask).hidden[-1]
+    real = mask.bool()
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert torch.equal(ours[real], theirs[real])
+
+
+def test_a_model_spread_over_devices_is_refused_before_any_work():
+    model = tiny_model("llama")
+    ids, mask = tiny_batch()
+    arch.blocks(model)[3].to("meta")  # stands in for a block on a second GPU (or offloaded)
+    with pytest.raises(ValueError, match=r"runs a model on one device; .* parameters on cpu, meta.*Ray tasks"):
+        runner.capture(model, ids, mask)

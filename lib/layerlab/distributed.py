@@ -16,6 +16,15 @@ and else an equal share of a node's CPUs, runs in a fresh worker process (``max_
 its memory, GPU memory included, goes back when it ends), and is retried when its worker
 dies (``MAX_RETRIES``). A retried or duplicated task recomputes only what is not stored.
 
+Before any shard starts, one probe task with the shards' resources reports what a worker
+resolves (dtype for "auto", device type, the GPU's name, package versions): the driver
+needs no GPU of its own to plan GPU workers, and a runtime that differs from the one the
+caller expects (``expected_runtime``, e.g. ``models.runtime`` of the notebook's model) is
+refused before any work. A shard that runs out of memory (CUDA or host) is run again with a
+smaller chunk (half the tokens per batch, or half the batch size; ``OOM_RETRIES`` times);
+a shard that still fails does not cancel the others: they finish, every finished point
+stays stored, and one error names each failed shard and how to resume.
+
 Cluster: ``ray start --head`` on one node, ``ray start --address=<head>:6379`` on the
 others, then ``executor="ray"``, ``ray_address="auto"``, and a ``results_dir`` (and data
 dir) at a path every node sees.
@@ -37,6 +46,7 @@ from . import data, laser, models, painters, rank, results
 
 EXECUTORS = ("local", "ray")
 MAX_RETRIES = 3
+OOM_RETRIES = 3  # a shard out of memory runs again with half the chunk, this many times
 # driver settings a worker needs to read the same files the same way
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM",
                  "LAYERLAB_DATA", "LAYERLAB_CACHE")
@@ -90,8 +100,8 @@ def _connect(address: str | None) -> None:
 
 
 def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=None,
-          model: str | None = None) -> tuple[dict, int, dict]:
-    """(runtime, number of Ray tasks, Ray resources of each). runtime: the dict that
+          model: str | None = None) -> tuple[dict, int, dict, str | None]:
+    """(runtime, number of Ray tasks, Ray resources of each, the GPU's name or None). runtime: the dict that
     ``models.runtime`` will report for the model the points run on (part of every key):
     dtype, device type, the weights' fingerprint (``models.fingerprint(model)``, from the
     files, no model loaded) and package versions.
@@ -100,10 +110,12 @@ def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=No
     tasks as GPUs by default), else one task per node by default, each with an equal share
     of the CPUs that fits on the smallest node (Ray sets OMP_NUM_THREADS to it)."""
     if executor == "local" and loaded is not None:
-        return models.runtime(loaded[0]), 0, {}
+        dev = next(loaded[0].parameters()).device
+        return models.runtime(loaded[0]), 0, {}, _gpu_name(dev)
     if executor == "local":
         dev = models.resolve_device(device)
-        return models.runtime_of(models.resolve_dtype(dtype, dev), dev.type, models.fingerprint(model)), 0, {}
+        return (models.runtime_of(models.resolve_dtype(dtype, dev), dev.type, models.fingerprint(model)), 0, {},
+                _gpu_name(dev))
     import ray
 
     if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -114,22 +126,60 @@ def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=No
     if device == "cuda" and not gpus:
         raise ValueError("device: 'cuda', but the Ray cluster has no GPU; use 'auto' or 'cpu'")
     if gpus:
-        weights = models.fingerprint(model)
-        return models.runtime_of(models.resolve_dtype(dtype, torch.device("cuda")), "cuda", weights), workers or gpus, \
-            {"num_gpus": 1, "num_cpus": 1}
-    node_cpus = [int(n["Resources"]["CPU"]) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
-    if not node_cpus:
-        raise RuntimeError("the Ray cluster has no node with a CPU to run tasks on")
-    n = workers or len(node_cpus)
-    return (models.runtime_of(models.resolve_dtype(dtype, torch.device("cpu")), "cpu", models.fingerprint(model)), n,
-            {"num_cpus": max(1, min(min(node_cpus), sum(node_cpus) // n))})
+        n, resources, worker_device = workers or gpus, {"num_gpus": 1, "num_cpus": 1}, "cuda"
+    else:
+        node_cpus = [int(n["Resources"]["CPU"]) for n in ray.nodes()
+                     if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
+        if not node_cpus:
+            raise RuntimeError("the Ray cluster has no node with a CPU to run tasks on")
+        n = workers or len(node_cpus)
+        resources, worker_device = {"num_cpus": max(1, min(min(node_cpus), sum(node_cpus) // n))}, "cpu"
+    # what a worker resolves (dtype "auto" depends on its GPU or CPU, not on the driver's)
+    probe = _probe_workers(worker_device, dtype, resources)
+    here = models.package_versions()
+    if probe["versions"] != here:
+        diff = {k: (probe["versions"].get(k), here.get(k)) for k in sorted(set(here) | set(probe["versions"]))
+                if probe["versions"].get(k) != here.get(k)}
+        raise RuntimeError("the Ray workers run other package versions than this driver ("
+                           + "; ".join(f"{k}: workers {a}, here {b}" for k, (a, b) in diff.items())
+                           + "): their keys would not match; install the same versions on every node")
+    runtime = models.runtime_of(getattr(torch, probe["dtype"]), probe["device"], models.fingerprint(model),
+                                probe.get("gpu") if probe["device"] == "cuda" else None)
+    return runtime, n, resources, probe["gpu"]
+
+
+def _gpu_name(device: torch.device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def _probe(device: str, dtype: str, env: dict | None = None) -> dict:
+    """In a worker: the device type and dtype it resolves, its GPU's name and package versions."""
+    _start(env, None)
+    dev = models.resolve_device(device)
+    resolved = models.resolve_dtype(dtype, dev)
+    return {"dtype": str(resolved).removeprefix("torch."), "device": dev.type, "gpu": _gpu_name(dev),
+            "host": socket.gethostname(), "versions": models.package_versions()}
+
+
+def _probe_workers(device: str, dtype: str, resources: dict) -> dict:
+    """Run ``_probe`` once as a Ray task with the shards' resources (before any shard)."""
+    import ray
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    remote = ray.remote(max_calls=1, max_retries=MAX_RETRIES)(_probe).options(name="layerlab_probe", **resources)
+    try:
+        return ray.get(remote.remote(device, dtype, env=env))
+    except Exception as err:  # noqa: BLE001  (a worker's error, re-raised with what was asked)
+        raise RuntimeError(f"the Ray probe task (device {device!r}, dtype {dtype!r}, resources {resources}) "
+                           f"failed before any shard started: {err}") from err
 
 
 def _key_model(runtime: dict):
     """Stands in for a model where only ``models.runtime`` reads it, so that the driver
     computes the keys of points with the techniques' own key code, loading no model."""
     p = types.SimpleNamespace(dtype=getattr(torch, runtime["dtype"]), device=torch.device(runtime["device"]))
-    return types.SimpleNamespace(parameters=lambda: iter([p]), layerlab_weights=runtime["weights"])
+    return types.SimpleNamespace(parameters=lambda: iter([p]), layerlab_weights=runtime["weights"],
+                                 layerlab_gpu=runtime.get("gpu"))
 
 
 def balance(costs: Sequence[float], n: int) -> list[list[int]]:
@@ -145,10 +195,21 @@ def balance(costs: Sequence[float], n: int) -> list[list[int]]:
     return [sorted(g) for g in groups if g]
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether a task's error is an out-of-memory error: CUDA's (``torch.OutOfMemoryError``,
+    raised through Ray as a subclass) or Ray's own memory monitor killing the worker."""
+    names = {c.__name__ for c in type(err).__mro__}
+    text = str(err)
+    return "OutOfMemoryError" in names or "CUDA out of memory" in text \
+        or "OutOfMemoryError" in text
+
+
 def _run_on_ray(fn, name: str, shard_args: list[tuple], resources: dict, store: results.ResultStore,
                 technique: str, keys: set[str], progress: bool) -> None:
-    """One Ray task per shard; waits for all, showing stored points, and cancels the rest
-    when one fails (its error is raised here) or the caller interrupts."""
+    """One Ray task per shard; waits for all, showing stored points. A shard out of memory
+    runs again with ``shrink`` + 1 (half the chunk), up to ``OOM_RETRIES`` times; other
+    failures do not cancel the rest: every shard runs to its end (each stores its points
+    as it goes), then one error lists the failed shards. An interrupt cancels every shard."""
     import ray
     from tqdm import tqdm
 
@@ -157,18 +218,42 @@ def _run_on_ray(fn, name: str, shard_args: list[tuple], resources: dict, store: 
     marker = store.root / f".run-{uuid.uuid4().hex}"  # the workers check that they see this results_dir
     marker.touch()
     remote = ray.remote(max_calls=1, max_retries=MAX_RETRIES, retry_exceptions=False)(fn).options(name=name, **resources)
-    pending = [remote.remote(*args, env=env, marker=str(marker)) for args in shard_args]
-    bar = tqdm(total=len(keys), desc=f"{name} on Ray ({len(pending)} tasks)", disable=not progress, mininterval=10)
+
+    def submit(i: int, shrink: int):
+        return remote.remote(*shard_args[i], env=env, marker=str(marker), shrink=shrink)
+
+    running = {submit(i, 0): (i, 0) for i in range(len(shard_args))}
+    failed: list[tuple[int, int, BaseException]] = []
+    bar = tqdm(total=len(keys), desc=f"{name} on Ray ({len(running)} tasks)", disable=not progress, mininterval=10)
     try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=10)
-            ray.get(done)
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=10)
+            for ref in done:
+                i, shrink = running.pop(ref)
+                try:
+                    ray.get(ref)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as err:  # noqa: BLE001  (reported below, with every other failure)
+                    if is_out_of_memory(err) and shrink < OOM_RETRIES:
+                        running[submit(i, shrink + 1)] = (i, shrink + 1)
+                    else:
+                        failed.append((i, shrink, err))
             bar.update(len(keys & store.keys(technique)) - bar.n)
     finally:
-        for ref in pending:
+        for ref in running:
             ray.cancel(ref, force=True)
         bar.close()
         marker.unlink(missing_ok=True)
+    if failed:
+        stored = len(keys & store.keys(technique))
+        lines = [f"shard {i + 1}/{len(shard_args)}" + (f" (chunk 1/{2 ** shrink})" if shrink else "")
+                 + f": {'out of memory' if is_out_of_memory(err) else type(err).__name__}: "
+                 + (str(err).strip().splitlines() or [""])[-1][:300] for i, shrink, err in failed]
+        raise RuntimeError(f"{name}: {len(failed)} of {len(shard_args)} Ray tasks failed; {stored} of {len(keys)} "
+                           f"points are stored in {store.root} and stay there (run again to compute only the "
+                           "rest" + (", with fewer items per batch or a smaller model" if any(
+                               is_out_of_memory(e) for *_, e in failed) else "") + "):\n  " + "\n  ".join(lines))
 
 
 # ---------------------------------------------------------------------------- workers
@@ -190,18 +275,24 @@ def _load(model: str, device: str, dtype: str):
     return models.load(model, dtype=dtype, device=device)
 
 
+LASER_TOKENS_PER_BATCH = 4096  # laser.Sweeper's default; a shard out of memory halves it
+
+
 def _laser_shard(source: str, model_name: str, dataset: str, points: list[list[dict]], results_dir: str,
                  seed: int, limit: int | None, data_dir: str, device: str, dtype: str, loaded=None,
                  progress: bool = False, env: dict | None = None,
-                 marker: str | None = None) -> int:
+                 marker: str | None = None, shrink: int = 0) -> int:
     """Run LASER points (reductions as dicts) for one (model, dataset); every point is
-    stored as it finishes, stored points are skipped. Returns the number of points."""
+    stored as it finishes, stored points are skipped. ``shrink``: batches of
+    ``LASER_TOKENS_PER_BATCH / 2**shrink`` tokens (the numbers do not depend on it, nor
+    do the keys). Returns the number of points."""
     from tqdm import tqdm
 
     _start(env, marker)
     lm, tok = loaded or _load(source, device, dtype)
     task = laser.build_task(dataset, data_dir, limit, seed)
-    sweeper = laser.Sweeper(lm, tok, model_name, task, results.ResultStore(results_dir), seed=seed, limit=limit)
+    sweeper = laser.Sweeper(lm, tok, model_name, task, results.ResultStore(results_dir), seed=seed, limit=limit,
+                            max_tokens_per_batch=max(256, LASER_TOKENS_PER_BATCH >> shrink))
     for p in tqdm(points, desc=f"LASER {task.name}", disable=not progress, mininterval=10):
         sweeper.point([rank.Reduction(**r) for r in p])
     return len(points)
@@ -209,10 +300,12 @@ def _laser_shard(source: str, model_name: str, dataset: str, points: list[list[d
 
 def _painters_shard(source: str, model_name: str, jobs: list[tuple[dict, list[str]]], limits: dict,
                     results_dir: str, seed: int, data_dir: str, device: str, dtype: str, batch_size: int,
-                    loaded=None, env: dict | None = None, marker: str | None = None) -> int:
+                    loaded=None, env: dict | None = None, marker: str | None = None, shrink: int = 0) -> int:
     """Run Painters schedules (spec as a dict, benchmarks) through lm-eval; every
-    (spec, benchmark) is stored as it finishes, stored ones are skipped."""
+    (spec, benchmark) is stored as it finishes, stored ones are skipped. ``shrink``: batch
+    size ``batch_size / 2**shrink`` (at least 1)."""
     _start(env, marker)
+    batch_size = max(1, batch_size >> shrink)
     lm, tok = loaded or _load(source, device, dtype)
     store = results.ResultStore(results_dir)
     for spec, tasks in jobs:
@@ -232,7 +325,8 @@ def _paths(model: str, results_dir, data_dir) -> tuple[str, str, str]:
 def run_laser_points(model: str, dataset: str, points: Sequence[Sequence[rank.Reduction]], *, results_dir,
                      seed: int = 0, limit: int | None = None, data_dir=None, device: str = "auto",
                      dtype: str = "auto", executor: str = "local", ray_address: str | None = None,
-                     workers: int | None = None, loaded=None, progress: bool = True) -> dict:
+                     workers: int | None = None, loaded=None, progress: bool = True,
+                     expected_runtime: dict | None = None) -> dict:
     """Compute and store every LASER point of one (model, dataset) that is not stored yet.
 
     model: registry name, Hub id or local folder; the keys use it as given. points: each a
@@ -241,13 +335,18 @@ def run_laser_points(model: str, dataset: str, points: Sequence[Sequence[rank.Re
     of a model with the same ``runtime``. device, dtype: as ``layerlab.load`` (on Ray,
     "auto" means a GPU per task when the cluster has GPUs). loaded: an already loaded
     (model, tokenizer) for executor="local". workers: Ray tasks (None: one per GPU, or per
-    node on a CPU cluster). Read the rows from ``results.ResultStore(results_dir)`` (or
+    node on a CPU cluster). expected_runtime: the runtime the caller will read the points
+    with (``models.runtime`` of its model); a plan that differs is refused before any task
+    starts (``check_runtime``). Read the rows from ``results.ResultStore(results_dir)`` (or
     ``laser.sweep``) afterwards.
 
     Returns counts and the runtime the points ran on: {"points", "computed", "tasks",
-    "runtime": {"dtype", "device", "weights", "versions"}} (``models.runtime``)."""
+    "runtime": {"dtype", "device", "weights", "versions"} (``models.runtime``), "gpu": the
+    GPU's name (None on a CPU)}."""
     validate_executor(executor, ray_address)  # before anything is loaded
-    runtime, n_tasks, resources = _plan(executor, device, dtype, workers, loaded, model)
+    runtime, n_tasks, resources, gpu = _plan(executor, device, dtype, workers, loaded, model)
+    if expected_runtime is not None:
+        check_runtime(runtime, expected_runtime)  # before any task starts
     source, results_dir, data_dir = _paths(model, results_dir, data_dir)
     if dataset not in laser.DATASETS and Path(dataset).is_file():  # a user file, named by stem and content
         dataset = str(Path(dataset).resolve())
@@ -280,7 +379,7 @@ def run_laser_points(model: str, dataset: str, points: Sequence[Sequence[rank.Re
         _run_on_ray(_laser_shard, LASER_TASK, [(source, model, dataset, [todo[k] for k in s], *rest) for s in shards],
                     resources, store, laser.TECHNIQUE, set(todo), progress)
     _check_stored(store, laser.TECHNIQUE, todo)
-    return {"points": len(points), "computed": len(todo), "tasks": len(shards), "runtime": runtime}
+    return {"points": len(points), "computed": len(todo), "tasks": len(shards), "runtime": runtime, "gpu": gpu}
 
 
 def _spec_cost(spec: painters.Spec, tasks: list[str], limits: dict, n_layers: int) -> float:
@@ -293,7 +392,7 @@ def run_painters_specs(model: str, specs: Sequence[painters.Spec], tasks, limits
                        n_layers: int, results_dir, seed: int = 0, data_dir=None, device: str = "auto",
                        dtype: str = "auto", executor: str = "local", ray_address: str | None = None,
                        workers: int | None = None, batch_size: int = 16, loaded=None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, expected_runtime: dict | None = None) -> dict:
     """Compute and store every (spec, benchmark) of a Painters grid that is not stored yet,
     as ``painters.evaluate`` does (the same keys and rows).
 
@@ -303,7 +402,9 @@ def run_painters_specs(model: str, specs: Sequence[painters.Spec], tasks, limits
     Returns {"points", "computed", "tasks", "runtime"}: counts of (spec, benchmark) pairs
     and Ray tasks, and the runtime they ran on."""
     validate_executor(executor, ray_address)
-    runtime, n_tasks, resources = _plan(executor, device, dtype, workers, loaded, model)
+    runtime, n_tasks, resources, gpu = _plan(executor, device, dtype, workers, loaded, model)
+    if expected_runtime is not None:
+        check_runtime(runtime, expected_runtime)  # before any task starts
     source, results_dir, data_dir = _paths(model, results_dir, data_dir)
     store = results.ResultStore(results_dir)
     per_spec = {s: list(tasks[s] if isinstance(tasks, dict) else tasks) for s in specs}
@@ -323,7 +424,7 @@ def run_painters_specs(model: str, specs: Sequence[painters.Spec], tasks, limits
                     resources, store, painters.TECHNIQUE, keys, progress)
     _check_stored(store, painters.TECHNIQUE, keys)
     return {"points": sum(map(len, per_spec.values())), "computed": len(keys), "tasks": len(shards),
-            "runtime": runtime}
+            "runtime": runtime, "gpu": gpu}
 
 
 def _check_stored(store: results.ResultStore, technique: str, keys) -> None:
@@ -334,10 +435,11 @@ def _check_stored(store: results.ResultStore, technique: str, keys) -> None:
 
 
 def check_runtime(ran: dict, model) -> None:
-    """Refuse to go on when the workers ran another runtime (dtype, device type, weights or
-    package versions) than the notebook's own model: its keys would not find their points,
-    and it would recompute them."""
-    here = models.runtime(model)
+    """Refuse to go on when the workers ran (or will run: pass the plan's runtime before any
+    task) another runtime (dtype, device type, weights or package versions) than the
+    notebook's own model (a model, or its ``models.runtime`` dict): its keys would not find
+    their points, and it would recompute them."""
+    here = model if isinstance(model, dict) else models.runtime(model)
     if ran != here:
         diff = {k: (ran.get(k), here.get(k)) for k in sorted(set(ran) | set(here)) if ran.get(k) != here.get(k)}
         hint = ("pass -p device and -p dtype explicitly so that both agree" if {"dtype", "device"} & set(diff)

@@ -38,8 +38,35 @@ def mlp_module_names(model: nn.Module) -> list[str]:
     return sorted({specs[t].path.split(".")[-1] for t in ("mlp_in", "gate", "mlp_out") if t in specs})
 
 
+@torch.no_grad()
+def merge_lora(peft_model: nn.Module) -> int:
+    """Merge every LoRA adapter of ``peft_model`` into its base weight in float32, then cast
+    once: W <- (W.float() + scaling * B.float() @ A.float()).to(W.dtype). (peft's own merge
+    adds an update already cast to the weight's dtype: in bf16 much of a small update rounds
+    away, and the healed model would understate healing.) The adapters are then emptied
+    (``unload`` removes them without merging again). Returns the number of merged layers."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = 0
+    for module in peft_model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        for name in list(module.lora_A.keys()):
+            a = module.lora_A[name].weight.float()
+            b = module.lora_B[name].weight.float()
+            delta = (b @ a) * module.scaling[name]
+            if getattr(module, "fan_in_fan_out", False):
+                delta = delta.T
+            w = base.weight
+            w.copy_((w.float() + delta.to(w.device)).to(w.dtype))
+            merged += 1
+    return merged
+
+
 def heal(model: nn.Module, train_chunks: torch.Tensor, config: HealConfig, progress: bool = True) -> dict:
-    """Train LoRA adapters on the MLPs of ``model`` (in place) and merge them.
+    """Train LoRA adapters on the MLPs of ``model`` (in place) and merge them in float32
+    (``merge_lora``).
 
     train_chunks: [n, seq_len] token ids. Returns the training record (loss per step,
     hyperparameters, and ``qlora``: always False, see HealConfig)."""
@@ -67,7 +94,8 @@ def heal(model: nn.Module, train_chunks: torch.Tensor, config: HealConfig, progr
         sched.step()
         optim.zero_grad(set_to_none=True)
         losses.append(float(out.loss.detach()))
-    merged = peft_model.merge_and_unload()
+    merge_lora(peft_model)
+    merged = peft_model.unload()  # the adapters are already in the weights
     merged.eval()
     return {"losses": losses, "config": config.as_dict(), "qlora": False, "model": merged}
 

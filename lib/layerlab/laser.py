@@ -93,27 +93,39 @@ def summarise(per_item: pd.DataFrame, splits: np.ndarray, base_row: dict) -> lis
 class Sweeper:
     """Runs LASER points for one (model, task) with the prefix cache, storing every point.
 
+    Memory: the prefix cache keeps at most ``state_bytes`` of residual states
+    (``scoring.PrefixScorer``: a window of block boundaries, captured again when the sweep
+    moves below it) and the SVD cache its own byte budget (``rank.SVDCache``; pass one
+    cache as ``svd`` to every dataset's sweeper of a chapter run so no SVD is computed
+    twice). Call ``release`` when a dataset is done.
+
     Each point stores summary rows under technique 'laser' and per-item rows under
     'laser_items' (for paired differences and Fig. 5), keyed by the reduction(s), the
     dataset, and the split spec (seed, limit)."""
 
     def __init__(self, model: nn.Module, tokenizer, model_name: str, task: Task, store: results.ResultStore,
                  seed: int = 0, limit: int | None = None, max_tokens_per_batch: int = 4096,
-                 svd: rank.SVDCache | None = None):
+                 svd: rank.SVDCache | None = None, state_bytes: int | None = scoring.DEFAULT_STATE_BYTES):
         self.model, self.tok, self.model_name, self.task, self.store = model, tokenizer, model_name, task, store
         self.seed, self.limit = seed, limit
         self.split_spec = f"val20-test80-seed{seed}-n{task.n_items}-limit{limit}"
         self.splits = split_of(task.item_ids, seed)
         self.svd = svd or rank.SVDCache(model)
         self.max_tokens = max_tokens_per_batch
+        self.state_bytes = state_bytes
         self._scorer: scoring.PrefixScorer | None = None
 
     @property
     def scorer(self) -> scoring.PrefixScorer:
         if self._scorer is None:  # captured lazily: a fully cached sweep never runs the model
             batches = scoring.encode(self.tok, self.task.contexts, self.task.continuations, self.max_tokens)
-            self._scorer = scoring.PrefixScorer(self.model, batches, len(self.task.contexts))
+            self._scorer = scoring.PrefixScorer(self.model, batches, len(self.task.contexts),
+                                                max_bytes=self.state_bytes)
         return self._scorer
+
+    def release(self) -> None:
+        """Drop the prefix cache (the residual states); it is captured again if needed."""
+        self._scorer = None
 
     def key(self, reductions: list[rank.Reduction]) -> str:
         return results.point_key(self.model_name, TECHNIQUE, [r.as_dict() for r in reductions],
@@ -122,7 +134,8 @@ class Sweeper:
     def point(self, reductions: list[rank.Reduction]) -> pd.DataFrame:
         """Summary rows of one point (computed and stored if absent)."""
         key = self.key(reductions)
-        if not self.store.has(TECHNIQUE, key):
+        # both shards of the point must read (an unreadable one is moved aside and recomputed)
+        if not (self.store.has(TECHNIQUE, key) and self.store.has("laser_items", key)):
             per_item = self.per_item(reductions)
             self.store.put("laser_items", key, per_item.assign(
                 model=self.model_name, technique="laser_items", dataset=self.task.name, split=self.splits,
@@ -145,7 +158,7 @@ class Sweeper:
         look at test items, at a fifth of the cost); its points are stored separately."""
         val = np.flatnonzero(self.splits == "val")
         sub = Sweeper(self.model, self.tok, self.model_name, self.task.subset(val), self.store,
-                      self.seed, self.limit, self.max_tokens, self.svd)
+                      self.seed, self.limit, self.max_tokens, self.svd, self.state_bytes)
         sub.split_spec = self.split_spec + "-valonly"
         sub.splits = np.array(["val"] * len(val), dtype=object)
         return sub

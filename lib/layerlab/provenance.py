@@ -79,11 +79,19 @@ def runtime(model: nn.Module) -> dict:
     torch, transformers and lm-eval. Part of every results key: a bf16 point is not an
     fp32 point, and a folder overwritten with new weights is a new model."""
     p = next(model.parameters())
-    return runtime_of(p.dtype, p.device.type, weights_fingerprint(model))
+    gpu = None
+    if p.device.type == "cuda":  # which GPU: kernels, and so bf16 round-off, differ between GPU models
+        # a planner's stand-in (distributed._key_model) names the workers' GPU; a real model its own
+        gpu = model.layerlab_gpu if hasattr(model, "layerlab_gpu") else torch.cuda.get_device_name(p.device)
+    return runtime_of(p.dtype, p.device.type, weights_fingerprint(model), gpu)
 
 
-def runtime_of(dtype: torch.dtype, device_type: str, weights: str) -> dict:
+def runtime_of(dtype: torch.dtype, device_type: str, weights: str, gpu: str | None = None) -> dict:
     """The runtime dict of ``runtime`` for a model not loaded here (a planner that keys
-    points before Ray workers load the model): ``weights`` is ``fingerprint(name)``."""
-    return {"dtype": str(dtype).removeprefix("torch."), "device": device_type, "weights": weights,
-            "versions": package_versions()}
+    points before Ray workers load the model): ``weights`` is ``fingerprint(name)``;
+    ``gpu``, the GPU's name, is part of it on CUDA only."""
+    out = {"dtype": str(dtype).removeprefix("torch."), "device": device_type, "weights": weights,
+           "versions": package_versions()}
+    if device_type == "cuda":
+        out["gpu"] = gpu
+    return out

@@ -9,6 +9,11 @@ sample (``items_hash``). It is stored as its own small parquet shard, written to
 place, so a killed run leaves either the whole point or nothing. ``ResultStore.table``
 reads every shard into one tidy table with at least the columns of ``REQUIRED``.
 
+A shard that cannot be read (truncated by a full disk, a partial copy onto a cluster's
+shared storage) is moved aside to ``<key>.parquet.unreadable-<id>`` beside it with an
+``UnreadableShardWarning`` that names it, and its point counts as missing: ``has`` says
+False, ``keys`` leaves it out, ``table`` skips it, so the point is computed again.
+
 Bump ``CODE_VERSION`` when a change alters measured numbers: old points stop matching
 and are recomputed, and both stay distinguishable in the table.
 """
@@ -19,6 +24,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -26,7 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CODE_VERSION = "3"  # 2: keys carry dtype and device type; 3: weights fingerprint and package versions
+CODE_VERSION = "4"  # 2: keys carry dtype and device type; 3: weights fingerprint and package versions;
+# 4: continuations split as lm-eval splits them, parallel groups summed in float32, lm-eval prefix-shared
 REQUIRED = ("model", "technique", "dataset", "split", "metric", "value", "n_items")
 
 
@@ -59,18 +66,65 @@ def items_hash(item_ids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
+class UnreadableShardWarning(UserWarning):
+    """A results shard could not be read and was moved aside; its point will be recomputed."""
+
+
 class ResultStore:
     """Points under ``root/<technique>/<key>.parquet``."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._checked: dict[Path, tuple[int, int]] = {}  # shards whose footer was read: (size, mtime)
 
     def _shard(self, technique: str, key: str) -> Path:
         return self.root / technique / f"{key}.parquet"
 
+    def _quarantine(self, path: Path, err: Exception) -> None:
+        """Move an unreadable shard aside (never deleted: it may be inspected) and warn."""
+        self._checked.pop(path, None)
+        dest = path.with_name(f"{path.name}.unreadable-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:  # another process moved or replaced it first
+            return
+        warnings.warn(f"results: the shard {path} cannot be read ({type(err).__name__}: {err}); moved aside to "
+                      f"{dest.name}: its point counts as missing and will be computed again",
+                      UnreadableShardWarning, stacklevel=3)
+
+    def _readable(self, path: Path) -> bool:
+        """Whether ``path`` exists and its parquet footer reads (a truncated file has none).
+        Checked once per (size, mtime); an unreadable shard is moved aside."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_size, st.st_mtime_ns)
+        if self._checked.get(path) == stamp:
+            return True
+        try:
+            pq.read_metadata(path)
+        except FileNotFoundError:
+            return False
+        except (OSError, pa.ArrowException) as err:
+            self._quarantine(path, err)
+            return False
+        self._checked[path] = stamp
+        return True
+
+    def _read(self, path: Path) -> pd.DataFrame | None:
+        try:
+            return pq.read_table(path).to_pandas()
+        except FileNotFoundError:
+            return None
+        except (OSError, pa.ArrowException) as err:
+            self._quarantine(path, err)
+            return None
+
     def has(self, technique: str, key: str) -> bool:
-        return self._shard(technique, key).exists()
+        """Whether the point is stored and readable (an unreadable shard is moved aside)."""
+        return self._readable(self._shard(technique, key))
 
     def put(self, technique: str, key: str, rows: list[dict] | pd.DataFrame) -> None:
         """Store the rows of one point atomically. Each row needs the REQUIRED columns."""
@@ -87,10 +141,15 @@ class ResultStore:
         os.replace(tmp, target)
 
     def get(self, technique: str, key: str) -> pd.DataFrame:
-        return pq.read_table(self._shard(technique, key)).to_pandas()
+        """The stored rows of a point. KeyError when it is not stored or its shard cannot be
+        read (the shard is then moved aside, so ``has`` says False and ``point`` recomputes)."""
+        frame = self._read(self._shard(technique, key))
+        if frame is None:
+            raise KeyError(f"results: no readable point {key} of {technique!r} in {self.root}")
+        return frame
 
     def point(self, technique: str, key: str, compute: Callable[[], list[dict]]) -> pd.DataFrame:
-        """The stored rows of a point, computing and storing them first if absent."""
+        """The stored rows of a point, computing and storing them first if absent (or unreadable)."""
         if not self.has(technique, key):
             self.put(technique, key, compute())
         return self.get(technique, key)
@@ -98,15 +157,15 @@ class ResultStore:
     def table(self, technique: str | None = None) -> pd.DataFrame:
         """Every stored row (of one technique, or all), as one tidy DataFrame."""
         folders = [self.root / technique] if technique else sorted(p for p in self.root.iterdir() if p.is_dir())
-        frames = [pq.read_table(f).to_pandas() for d in folders if d.exists()
-                  for f in sorted(d.glob("*.parquet"))]
+        frames = [frame for d in folders if d.exists() for f in sorted(d.glob("*.parquet"))
+                  if (frame := self._read(f)) is not None]
         if not frames:
             return pd.DataFrame(columns=[*REQUIRED, "key", "code_version"])
         return pd.concat(frames, ignore_index=True)
 
     def keys(self, technique: str) -> set[str]:
         folder = self.root / technique
-        return {p.stem for p in folder.glob("*.parquet")} if folder.exists() else set()
+        return {p.stem for p in folder.glob("*.parquet") if self._readable(p)} if folder.exists() else set()
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*.parquet"))

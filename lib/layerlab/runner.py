@@ -68,6 +68,23 @@ def _block_output(out) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def check_one_device(model: nn.Module) -> torch.device:
+    """The one device every parameter of ``model`` is on. A model spread over several
+    devices (``device_map="auto"`` across GPUs, or offloaded to the CPU or disk) is refused
+    before any work: the runner calls blocks with the arguments captured on the first
+    one's device and is tested on one device only."""
+    devices = {p.device for p in model.parameters()}
+    if len(devices) == 1:
+        (device,) = devices
+        if device.type != "meta":
+            return device
+    spread = sorted({str(d) for d in devices} | {str(d) for d in getattr(model, "hf_device_map", {}).values()})
+    raise ValueError(f"the layer runner runs a model on one device; this {type(model).__name__} has parameters on "
+                     f"{', '.join(spread)} (device_map or offloading). Supported: the whole model on one device "
+                     "(layerlab.load(..., device='cuda:N')); a sweep larger than one GPU runs as Ray tasks with "
+                     "one GPU each (layerlab.distributed).")
+
+
 @torch.no_grad()
 def capture(
     model: nn.Module,
@@ -84,7 +101,7 @@ def capture(
     block_list = arch.blocks(model)
     n = len(block_list)
     keep_set = set(range(n + 1)) if keep is None else set(keep)
-    device = next(model.parameters()).device
+    device = check_one_device(model)
     input_ids = input_ids.to(device)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     hidden: list[torch.Tensor | None] = [None] * (n + 1)
@@ -137,15 +154,19 @@ def run_blocks(model: nn.Module, state: ResidualState, h: torch.Tensor,
     """Run ``h`` [batch, seq, d_model] through a schedule and return the residual stream.
 
     steps: a schedule (``layerlab.schedule``): block indices, and ``Parallel`` groups whose
-    blocks read the same input, have their outputs averaged, and are fed back
+    blocks read the same input, have their outputs averaged (summed in float32 by
+    ``schedule.accumulate``, as scheduled models do), and are fed back
     ``iterations`` times (Layers-as-Painters parallel / looped parallel). Each block runs
     with the arguments captured for it.
     """
     for step in steps:
         if isinstance(step, schedule.Parallel):
             for _ in range(step.iterations):
-                outs = [call_block(model, state, j, h) for j in step.blocks]
-                h = torch.stack(outs).mean(0) if len(outs) > 1 else outs[0]
+                total = None
+                for j in step.blocks:  # one output alive at a time, summed in float32
+                    out = call_block(model, state, j, h)
+                    total = schedule.accumulate(total, out)
+                h = schedule.average(total, len(step.blocks), out.dtype)
         else:
             h = call_block(model, state, int(step), h)
     return h

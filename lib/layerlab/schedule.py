@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from . import arch
@@ -44,6 +45,22 @@ class Parallel:
 
 
 Step = int | Parallel
+
+
+def accumulate(total: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """Add one parallel-group member's output to the running sum, in float32 (or the
+    output's dtype if wider): bf16 sums of many blocks would round at every step. The one
+    helper both ``runner.run_blocks`` and scheduled models (``scheduled``) use, so that one
+    schedule gives one answer. Members are added in the group's block order."""
+    if total is None:
+        return out.to(torch.promote_types(out.dtype, torch.float32), copy=True)
+    return total.add_(out)
+
+
+def average(total: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """The group's output: the float32 sum divided by the number of members, cast back to
+    the blocks' dtype (a one-block group returns its block's output bit for bit)."""
+    return (total / size).to(dtype)
 
 
 def validate(steps: Sequence[Step], n_layers: int) -> None:
@@ -125,7 +142,8 @@ class _Slot(nn.Module):
 
     For a member of a parallel group, the group's input is kept in ``group`` (a dict
     shared by its members): the first member of an iteration records it, every member
-    runs its block on it and adds to the sum, and the last member returns the average.
+    runs its block on it and adds to the float32 sum (``accumulate``), and the last member
+    returns the average (``average``), the same numbers as ``runner.run_blocks``.
     """
 
     def __init__(self, block: nn.Module, slot: int, group: dict | None = None, first: bool = False,
@@ -146,10 +164,13 @@ class _Slot(nn.Module):
                 self.group["input"], self.group["sum"] = hidden_states, None
             raw = self.block(self.group["input"], *args, **kwargs)
             out = raw[0] if isinstance(raw, tuple) else raw
-            self.group["sum"] = out if self.group["sum"] is None else self.group["sum"] + out
+            self.group["sum"] = accumulate(self.group["sum"], out)
             # the next member reads group["input"]; the last returns the average. Either way the
             # output keeps the block's own form (a tuple for GPT-J/GPT-2 style blocks)
-            result = self.group["sum"] / self.size if self.last else hidden_states
+            result = hidden_states
+            if self.last:
+                result = average(self.group["sum"], self.size, out.dtype)
+                self.group["input"] = self.group["sum"] = None  # free the group's tensors
             return (result, *raw[1:]) if isinstance(raw, tuple) else result
         finally:
             for m, idx in zip(owners, saved):

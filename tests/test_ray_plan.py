@@ -1,0 +1,184 @@
+"""The Ray driver's logic without a Ray cluster: a stand-in ``ray`` module runs tasks in this
+process, so these tests check what the driver decides (the probe before any shard, GPU
+workers planned from a driver without a GPU, the runtime refused before any task, a shard
+out of memory run again with a smaller chunk, a failed shard reported while the others'
+points stay stored). tests/test_distributed.py runs the same code on a real Ray instance."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from layerlab import distributed, laser, models, rank, results
+from tiny import facts_file, tiny_model
+
+
+class _Ref:
+    def __init__(self, fn, args, kwargs):
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+
+class FakeRay(types.ModuleType):
+    """Enough of ``ray`` for distributed.py: tasks run when ``get`` asks for them."""
+
+    def __init__(self, gpus: int = 0, cpus: int = 4):
+        super().__init__("ray")
+        self.gpus, self.cpus, self.submitted, self.cancelled = gpus, cpus, [], []
+
+    def is_initialized(self):
+        return True
+
+    def cluster_resources(self):
+        return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": self.cpus}}]
+
+    def remote(self, **_):
+        fake = self
+
+        def wrap(fn):
+            class Task:
+                def options(self, **options):
+                    return self
+
+                def remote(self, *args, **kwargs):
+                    ref = _Ref(fn, args, kwargs)
+                    fake.submitted.append((fn.__name__, kwargs.get("shrink", 0), args))
+                    return ref
+            return Task()
+        return wrap
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        refs = ref if isinstance(ref, list) else [ref]
+        out = [r.fn(*r.args, **r.kwargs) for r in refs]
+        return out if isinstance(ref, list) else out[0]
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append(ref)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    return str(folder)
+
+
+def _gpu_probe(device, dtype, env=None):
+    """What a worker on an H100 reports (this machine has no GPU)."""
+    return {"dtype": "bfloat16" if dtype == "auto" else dtype, "device": "cuda", "gpu": "NVIDIA H100 80GB HBM3",
+            "host": "gpu-node", "versions": models.package_versions()}
+
+
+def _storing_shard(fail: dict | None = None):
+    """A LASER shard that stores a row per point under the worker's own keys; ``fail``:
+    shard index -> (shrink values that raise, the exception)."""
+    calls = []
+
+    def shard(source, model_name, dataset, points, results_dir, seed, limit, data_dir, device, dtype,
+              loaded=None, progress=False, env=None, marker=None, shrink=0):
+        calls.append((len(points), shrink))
+        for bad_shrinks, err in (fail or {}).values():
+            if points and points[0] == fail_marker[0] and shrink in bad_shrinks:
+                raise err
+        gpu = "NVIDIA H100 80GB HBM3" if device == "cuda" else None  # the GPU _gpu_probe reports
+        runtime = models.runtime_of(getattr(torch, dtype), device, models.fingerprint(source), gpu)
+        task = laser.build_task(dataset, data_dir, limit, seed)
+        store = results.ResultStore(results_dir)
+        keyer = laser.Sweeper(distributed._key_model(runtime), None, model_name, task, store, seed=seed, limit=limit)
+        for p in points:
+            store.put(laser.TECHNIQUE, keyer.key([rank.Reduction(**r) for r in p]),
+                      [dict(model=model_name, technique="laser", dataset=task.name, split="test", metric="acc",
+                            value=0.5, n_items=task.n_items)])
+        return len(points)
+    fail_marker = [None]
+    shard.calls, shard.fail_marker = calls, fail_marker
+    return shard
+
+
+POINTS = [[]] + [[rank.Reduction("mlp_in", layer, 0.5)] for layer in range(4)]
+
+
+def test_a_driver_without_a_gpu_plans_gpu_workers_from_a_probe(tmp_path, model_dir, monkeypatch):
+    fake = FakeRay(gpus=2)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(distributed, "_probe", _gpu_probe)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the driver has no GPU
+    shard = _storing_shard()
+    monkeypatch.setattr(distributed, "_laser_shard", shard)
+    ran = distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+                                       executor="ray", progress=False)
+    assert fake.submitted[0][0] == "_gpu_probe"  # the probe runs before any shard
+    assert ran["runtime"]["device"] == "cuda" and ran["runtime"]["dtype"] == "bfloat16"
+    assert ran["gpu"] == "NVIDIA H100 80GB HBM3" and ran["tasks"] == 2 and ran["computed"] == len(POINTS)
+    assert sum(n for n, _ in shard.calls) == len(POINTS)
+
+
+def test_a_runtime_that_differs_is_refused_before_any_task(tmp_path, model_dir, monkeypatch):
+    fake = FakeRay(gpus=1)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(distributed, "_probe", _gpu_probe)
+    shard = _storing_shard()
+    monkeypatch.setattr(distributed, "_laser_shard", shard)
+    here = models.runtime_of(torch.float32, "cpu", models.fingerprint(model_dir))
+    with pytest.raises(ValueError, match=r"device: workers 'cuda', here 'cpu'; dtype: workers 'bfloat16', here 'float32'"):
+        distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+                                     executor="ray", progress=False, expected_runtime=here)
+    assert [name for name, *_ in fake.submitted] == ["_gpu_probe"] and not shard.calls
+
+
+def test_workers_with_other_package_versions_are_refused_before_any_task(tmp_path, model_dir, monkeypatch):
+    fake = FakeRay(gpus=1)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(distributed, "_probe", lambda device, dtype, env=None: {
+        **_gpu_probe(device, dtype), "versions": {**models.package_versions(), "torch": "0.0.1"}})
+    with pytest.raises(RuntimeError, match="other package versions.*torch: workers 0.0.1"):
+        distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+                                     executor="ray", progress=False)
+    assert len(fake.submitted) == 1
+
+
+def test_an_out_of_memory_shard_runs_again_with_a_smaller_chunk(tmp_path, model_dir, monkeypatch):
+    fake = FakeRay(gpus=2)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(distributed, "_probe", _gpu_probe)
+    shard = _storing_shard({0: ((0, 1), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))})
+    shard.fail_marker[0] = []  # the shard holding the base point runs out of memory twice
+    monkeypatch.setattr(distributed, "_laser_shard", shard)
+    ran = distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+                                       executor="ray", progress=False)
+    shrinks = [s for name, s, _ in fake.submitted if name == "shard"]
+    assert sorted(shrinks) == [0, 0, 1, 2]  # two shards; one retried at 1/2 and 1/4 of the chunk
+    assert ran["computed"] == len(POINTS)
+    assert len(results.ResultStore(tmp_path / "r").keys(laser.TECHNIQUE)) == len(POINTS)
+
+
+def test_a_failed_shard_is_reported_and_the_others_points_stay_stored(tmp_path, model_dir, monkeypatch):
+    fake = FakeRay(gpus=2)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(distributed, "_probe", _gpu_probe)
+    shard = _storing_shard({0: ((0, 1, 2, 3), torch.OutOfMemoryError("CUDA out of memory"))})
+    shard.fail_marker[0] = []
+    monkeypatch.setattr(distributed, "_laser_shard", shard)
+    with pytest.raises(RuntimeError, match=r"1 of 2 Ray tasks failed; \d of 5 points are stored .* stay there"
+                                           r".*fewer items per batch.*\n  shard \d/2 \(chunk 1/8\): out of memory"):
+        distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+                                     executor="ray", progress=False)
+    stored = results.ResultStore(tmp_path / "r").keys(laser.TECHNIQUE)
+    assert 0 < len(stored) < len(POINTS)  # the other shard finished and kept its points
+    assert [s for name, s, _ in fake.submitted if name == "shard"].count(3) == 1  # OOM_RETRIES, then reported
+
+
+def test_out_of_memory_errors_are_recognised():
+    assert distributed.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    wrapped = type("RayTaskError(OutOfMemoryError)", (RuntimeError,), {})("ray::layerlab_laser ... "
+                                                                          "torch.OutOfMemoryError: CUDA out of memory")
+    assert distributed.is_out_of_memory(wrapped)
+    assert not distributed.is_out_of_memory(ValueError("dataset: 'x' is not one of ..."))
