@@ -599,8 +599,22 @@ def main() -> int:
     stem = f"bench-{args.model}" + ("" if set(res) == set(ROWS) else "-" + "-".join(res))
     (OUT / f"{stem}.md").write_text(text + "\n")
     (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    save_section(HERE / "RESULTS.md", stem, text)
     print(text)
     return 0
+
+
+def save_section(path: Path, stem: str, text: str) -> None:
+    """Replace (or add) the section ``## stem`` of the committed results file with this
+    run's table, so a reader sees the measured figures without running the bench."""
+    head = "# Measured benchmark tables\n\nWritten by `python bench/run.py`: one section per run (all rows, or `--only` a subset), each naming its CPU, dtype and date.\n"
+    sections = {}
+    if path.exists():
+        for part in path.read_text().split("\n## ")[1:]:
+            name, _, body = part.partition("\n")
+            sections[name.strip()] = body.strip()
+    sections[stem] = text.strip()
+    path.write_text(head + "".join(f"\n## {k}\n\n{v}\n" for k, v in sorted(sections.items())))
 
 
 if __name__ == "__main__":

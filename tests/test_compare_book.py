@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab import book, compare, results
+from layerlab import book, compare, results, verdicts
 
 
 def _store_with_results(tmp_path):
@@ -36,7 +36,7 @@ def test_atlas_puts_every_lens_on_one_layer_axis(tmp_path):
     lenses = frame.groupby("lens")["layer"].apply(sorted).to_dict()
     assert set(lenses) == {"laser_gain", "angular_distance", "skip_cost", "swap_cost"}
     gain = frame[frame.lens == "laser_gain"].set_index("layer")["value"]
-    assert gain[3] == pytest.approx(20.0)  # 30% vs 10%, val and test pooled
+    assert gain[3] == pytest.approx(20.0)  # 30% vs 10% on validation
     assert gain[0] == pytest.approx(-5.0)
     assert compare.atlas_correlations(frame).shape == (4, 4)
 
@@ -49,8 +49,8 @@ def test_claims_report_the_paired_difference_and_a_verdict(tmp_path):
     late = table[table.claim.str.contains("late-layer MLP")].iloc[0]
     assert late["verdict"] == "agrees"
     deep = table[table.claim.str.contains("deep end")].iloc[0]
-    # l*(n) = 4 - n: both block sizes sit at the deep end, but 2 of 2 cannot rule out a coin flip
-    assert "2 of 2" in deep["ours"] and deep["verdict"] == "inconclusive"
+    # l*(n) = 4 - n: both block sizes sit at the deep end; means over documents cannot be resampled
+    assert "2 of 2" in deep["ours"] and deep["verdict"].startswith("not testable: the distances are stored as means")
     greedy = table[table.claim.str.contains("composing")].iloc[0]  # judged against the best single reduction
     assert "best single 30.0% → composed 40.0% (2 reductions" in greedy["ours"] and greedy["verdict"] == "agrees"
     assert "+10.0 pp" in greedy["interval"]
@@ -85,7 +85,7 @@ def test_a_failing_notebook_stops_the_build_and_names_the_cell(tmp_path, monkeyp
     monkeypatch.setattr(book, "EXECUTED", tmp_path / "book" / "executed")
     monkeypatch.setitem(book.PLANS, "smoke", [("laser", "smollm2-135m", {})])
     with pytest.raises(SystemExit) as err:
-        book.execute("smoke", tmp_path / "r", None, log=lambda *_: None)
+        book.execute("smoke", tmp_path / "r", None, log=lambda *_: None, calibrate=lambda model, dtype: 1.0)
     msg = str(err.value)
     assert "laser on smollm2-135m failed" in msg and "raise ValueError('broken on purpose')" in msg
     assert "ValueError: broken on purpose" in msg
@@ -109,23 +109,30 @@ def test_executed_pages_name_their_model_collapse_code_and_drop_stderr(tmp_path)
     assert [o.name for o in out.cells[2].outputs] == ["stdout"]
 
 
-def _curve(points):
-    return pd.DataFrame([{"fraction": f, "value": v, "ci_low": lo, "ci_high": hi} for f, v, lo, hi in points])
+def test_every_verdict_parses_and_the_counts_are_claims(tmp_path):
+    table = compare.claims(_store_with_results(tmp_path))
+    assert table["verdict"].map(verdicts.word).notna().all()
+    counts = compare.verdict_counts(table)
+    words = compare.claim_words(table)
+    assert counts.loc["all papers", "total"] == len(words) == len(table[table.counted])
+    bad = table.assign(verdict="not testable (no colon)")
+    with pytest.raises(ValueError, match="is not one of"):
+        compare.verdict_counts(bad)
 
 
-def test_holds_then_falls_judges_both_halves_by_intervals():
-    base = (0.0, 0.55, 0.45, 0.65)
-    agrees = compare.holds_then_falls(_curve([base, (0.1, 0.52, 0.42, 0.62), (0.3, 0.27, 0.19, 0.37),
-                                              (0.5, 0.24, 0.16, 0.34)]), 0.25)
-    assert agrees["verdict"] == "agrees" and agrees["chance_fraction"] == 0.3
-    falls_at_once = compare.holds_then_falls(_curve([base, (0.1, 0.28, 0.20, 0.38), (0.3, 0.25, 0.17, 0.35)]), 0.25)
-    assert falls_at_once["verdict"] == "disagrees"  # the flat region is missing
-    never = compare.holds_then_falls(_curve([base, (0.1, 0.54, 0.44, 0.64), (0.5, 0.50, 0.40, 0.60)]), 0.25)
-    assert never["verdict"] == "disagrees" and never["chance_fraction"] is None
-    unsure = compare.holds_then_falls(_curve([base, (0.1, 0.44, 0.34, 0.54), (0.5, 0.30, 0.21, 0.41)]), 0.25)
-    assert unsure["verdict"] == "inconclusive"  # the first step is neither inside nor clearly below
-    at_chance = compare.holds_then_falls(_curve([(0.0, 0.28, 0.2, 0.37), (0.1, 0.26, 0.18, 0.35)]), 0.25)
-    assert at_chance["verdict"].startswith("not testable: at chance unpruned")
+def test_verdict_counts_count_each_claim_once():
+    row = {"paper": "P", "claim": "c", "paper's number": "", "ours": "", "interval": ""}
+    table = pd.DataFrame([row | {"model": "m (seed 0)", "verdict": "agrees", "counted": False},
+                          row | {"model": "m (seed 1)", "verdict": "disagrees", "counted": False},
+                          row | {"model": "m (2 seeds pooled)", "verdict": "agrees", "counted": True},
+                          row | {"model": "m", "claim": "d", "verdict": "not testable: x", "counted": True},
+                          row | {"model": "m", "claim": "e", "verdict": "agrees", "counted": True},
+                          row | {"model": "m", "claim": "e", "verdict": "not testable: size 2", "counted": True},
+                          row | {"model": "m", "claim": "f", "verdict": "agrees", "counted": True},
+                          row | {"model": "m", "claim": "f", "verdict": "disagrees", "counted": True}])
+    counts = compare.verdict_counts(table)
+    assert counts.loc["P"].to_dict() == {"agrees": 2, "disagrees": 0, "inconclusive": 1, "not testable": 1,
+                                         "total": 4}
 
 
 def test_chart_html_survives_a_percent_sign_in_the_title():

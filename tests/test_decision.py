@@ -203,8 +203,10 @@ def test_sweep_protocol_and_claim_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(da, "rollout", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     decision.sweep(run, ["mlp_in"], [1], [0.1], n_val=12, progress=False)
     rows = decision.claim_rows(store)
-    assert len(rows) == 1
-    assert list(rows[0]) == ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"]
-    assert rows[0]["verdict"].split(" ")[0] in verdicts.VERDICTS + ("not",)
+    assert len(rows) == 2  # the solved-rate claim and the return-moves-with-solved claim
+    assert list(rows[0]) == ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict", "counted"]
+    assert all(verdicts.word(r["verdict"]) in verdicts.VERDICTS for r in rows)
+    stored = store.table(decision.PROTOCOL).iloc[0]
+    assert {"config", "device", "dtype"} <= set(stored.index) and stored.device == "cpu"
     keys = store.table(decision.TECHNIQUE)["key"]
     assert keys.nunique() == 3 + (report["best"] is not None)  # val base, val mlp_in, test base (+ test best)

@@ -1,6 +1,7 @@
 """Fig. 5 analysis against an independent computation on a tiny model."""
 
 import numpy as np
+import pandas as pd
 import torch
 
 from layerlab import laser, laser_analysis, rank, results, scoring
@@ -47,3 +48,27 @@ def test_generic_tokens_are_the_most_frequent_wikitext_tokens():
     tok = CharTokenizer()
     ids = laser_analysis.generic_tokens(tok, n=5, max_chars=20_000)
     assert len(ids) == 5 and tok(" ")["input_ids"][0] in ids  # the space is the commonest character
+
+
+def _frame(full_generic, removed_generic, cos_full, cos_removed, group="corrected"):
+    n = len(full_generic)
+    return pd.DataFrame({"group": group, "full_generic": np.asarray(full_generic, bool),
+                         "removed_generic": np.asarray(removed_generic, bool), "cos_full": cos_full,
+                         "cos_removed": cos_removed, "item": np.arange(n)})
+
+
+def test_fig5_follows_the_paper_full_matrix_generic_removed_closer():
+    from layerlab import papers, verdicts
+    assert "FULL matrix" in papers.LASER_FIG5 and "closer to" in papers.LASER_FIG5
+    rng = np.random.default_rng(0)
+    n = 60
+    paper_like = _frame(np.arange(n) < 40, np.arange(n) < 5, rng.normal(0.1, 0.05, n), rng.normal(0.3, 0.05, n))
+    assert laser_analysis.fig5(paper_like)["verdict"] == verdicts.AGREES
+    # the book's former reading (the removed components predict the generic words) disagrees
+    reversed_ = _frame(np.arange(n) < 5, np.arange(n) < 40, rng.normal(0.3, 0.05, n), rng.normal(0.1, 0.05, n))
+    assert laser_analysis.fig5(reversed_)["verdict"] == verdicts.DISAGREES
+    unclear = _frame(np.arange(n) < 20, np.arange(n) < 19, rng.normal(0.2, 0.05, n), rng.normal(0.2, 0.05, n))
+    assert laser_analysis.fig5(unclear)["verdict"] == verdicts.INCONCLUSIVE
+    assert laser_analysis.fig5(paper_like.iloc[:1])["verdict"].startswith(verdicts.NOT_TESTABLE)
+    table = laser_analysis.summary(paper_like)
+    assert "The paper: GPT-J CounterFact" in laser_analysis.describe(table)

@@ -11,13 +11,14 @@ PROTO = "val20-test80-seed0-n100-limit100"
 
 
 def put_point(store, reductions, val_right, test_right, protocol=PROTO, model="m", dataset="counterfact",
-              runtime="float32/cpu"):
+              runtime="float32/cpu", n_val=N_VAL, n_test=N_TEST, nll_shift=0.0):
     """Store one point like ``laser.Sweeper.point`` does: ``val_right``/``test_right`` are
-    how many of the first items of each split the point gets right."""
-    splits = np.array(["val"] * N_VAL + ["test"] * N_TEST, dtype=object)
-    correct = np.r_[np.arange(N_VAL) < val_right, np.arange(N_TEST) < test_right].astype(float)
-    per_item = pd.DataFrame({"item": [f"i{j:03d}" for j in range(N_VAL + N_TEST)], "correct": correct,
-                             "nll": 1.0 - 0.5 * correct})
+    how many of the first items of each split the point gets right; the answer's nll is
+    1 - 0.5 correct + ``nll_shift``."""
+    splits = np.array(["val"] * n_val + ["test"] * n_test, dtype=object)
+    correct = np.r_[np.arange(n_val) < val_right, np.arange(n_test) < test_right].astype(float)
+    per_item = pd.DataFrame({"item": [f"i{j:04d}" for j in range(n_val + n_test)], "correct": correct,
+                             "nll": 1.0 - 0.5 * correct + nll_shift})
     one = reductions[0] if len(reductions) == 1 else None
     describe = {"model": model, "technique": "laser", "dataset": dataset, "protocol": protocol, "runtime": runtime,
                 "matrix_type": one[0] if one else ("base" if not reductions else "composed"),
@@ -33,9 +34,14 @@ def by_claim(store, words):
     return [r for r in laser_claims.claim_rows(store) if words in r["claim"]]
 
 
-def sweep(store, chosen_val, chosen_test, where=("mlp_in", 3, 0.01), **kw):
+def sweep(store, chosen_val, chosen_test, where=("mlp_in", 3, 0.01), others=(("q", 0, 0.01, 8, 35),
+          ("mlp_in", 1, 0.01, 8, 36)), **kw):
+    """Base (10 val, 40 test right), a worse late MLP point, ``others`` (type, layer, rho,
+    val, test) and the chosen point on a 4-layer model."""
     put_point(store, [], 10, 40, **kw)
     put_point(store, [("mlp_out", 3, 0.5)], 9, 38, **kw)   # a worse point; layer 3 makes 4 layers
+    for t, layer, rho, v, te in others:
+        put_point(store, [(t, layer, rho)], v, te, **kw)
     put_point(store, [where], chosen_val, chosen_test, **kw)
 
 
@@ -46,23 +52,44 @@ def test_a_transferring_late_mlp_gain_agrees(tmp_path):
     assert gain["verdict"] == verdicts.AGREES and "GPT-J" in gain["paper's number"]
     assert "mlp_in [fc_up; U_in if the MLP has no gate], layer 3 of 4" in gain["ours"]
     (late,) = by_claim(store, "late-layer MLP")
-    assert late["verdict"] == verdicts.AGREES
+    assert late["verdict"] == verdicts.AGREES and "97.5% interval" in late["interval"]
+    assert late["interval"] != gain["interval"]  # its own comparisons, not claim (a)'s interval
 
 
 def test_a_best_in_an_early_attention_matrix_disagrees_on_location(tmp_path):
     store = results.ResultStore(tmp_path)
-    sweep(store, 16, 70, where=("q", 0, 0.01))
+    sweep(store, 16, 70, where=("q", 0, 0.01), others=(("mlp_in", 1, 0.01, 8, 36),))
     (late,) = by_claim(store, "late-layer MLP")
     assert late["verdict"] == verdicts.DISAGREES and "q [W_q]" in late["ours"]
 
 
-def test_no_reduction_chosen_on_validation_disagrees_and_location_is_not_testable(tmp_path):
+def test_location_halves_the_grid_cannot_falsify_are_not_testable(tmp_path):
+    quick = results.ResultStore(tmp_path / "quick")  # MLP types only: the MLP half is forced
+    sweep(quick, 16, 70, others=(("mlp_in", 1, 0.01, 8, 36),))
+    (late,) = by_claim(quick, "late-layer MLP")
+    assert late["verdict"] == f"{verdicts.NOT_TESTABLE}: MLP half: only MLP matrices were swept"
+    smoke = results.ResultStore(tmp_path / "smoke")  # late MLP layers only: both halves forced
+    sweep(smoke, 16, 70, others=())
+    (late,) = by_claim(smoke, "late-layer MLP")
+    assert late["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: MLP half")
+    assert "late half: only deeper-half layers were swept" in late["interval"]
+
+
+def test_location_can_be_inconclusive(tmp_path):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 42, others=(("q", 0, 0.01, 12, 41), ("mlp_in", 1, 0.01, 11, 41)))
+    (late,) = by_claim(store, "late-layer MLP")
+    assert late["verdict"] == verdicts.INCONCLUSIVE
+
+
+def test_no_reduction_chosen_on_validation_is_not_testable(tmp_path):
     store = results.ResultStore(tmp_path)
     sweep(store, 10, 70)  # ties the base on validation: the unmodified model wins the tie
     (gain,) = by_claim(store, "single rank reduction")
-    assert gain["verdict"] == verdicts.DISAGREES and "0 by construction" in gain["ours"]
-    (late,) = by_claim(store, "late-layer MLP")
-    assert late["verdict"].startswith(verdicts.NOT_TESTABLE)
+    assert gain["verdict"] == f"{verdicts.NOT_TESTABLE}: no reduction beats the unmodified model on validation"
+    for words in ("late-layer MLP", "greedy", "loss of the answer"):
+        (row,) = by_claim(store, words)
+        assert row["verdict"].startswith(verdicts.NOT_TESTABLE)
 
 
 def test_a_gain_that_does_not_transfer_is_inconclusive(tmp_path):
@@ -70,20 +97,62 @@ def test_a_gain_that_does_not_transfer_is_inconclusive(tmp_path):
     sweep(store, 16, 41)
     (gain,) = by_claim(store, "single rank reduction")
     assert gain["verdict"] == verdicts.INCONCLUSIVE
-    (late,) = by_claim(store, "late-layer MLP")
-    assert late["verdict"] == f"{verdicts.NOT_TESTABLE}: the best reduction does not beat the unmodified model"
 
 
-@pytest.mark.parametrize("composed_test, verdict", [(78, verdicts.AGREES), (70, verdicts.DISAGREES)])
+def test_four_items_gained_none_lost_is_not_a_gain(tmp_path):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 44)  # 40 -> 44 of 80: exact McNemar p = 0.125
+    (gain,) = by_claim(store, "single rank reduction")
+    assert gain["verdict"] == verdicts.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("composed_test, verdict", [(78, verdicts.AGREES), (70, verdicts.INCONCLUSIVE),
+                                                    (60, verdicts.DISAGREES)])
 def test_greedy_is_judged_against_the_best_single_reduction(tmp_path, composed_test, verdict):
     store = results.ResultStore(tmp_path)
     sweep(store, 16, 70)
     put_point(store, [("mlp_in", 3, 0.01), ("mlp_in", 2, 0.1)], 18, composed_test)
+    put_point(store, [("mlp_in", 3, 0.01), ("mlp_in", 2, 0.1), ("mlp_out", 1, 0.1)], 17, 80)  # worse on val
     (greedy,) = by_claim(store, "greedy")
-    assert greedy["verdict"] == verdict  # 78 vs 70: beats it; 70 vs 70: Δ = 0 exactly, disagrees
-    assert "best single 87.5%" in greedy["ours"]
-    (late,) = by_claim(store, "late-layer MLP")
-    assert late["interval"] == by_claim(store, "single rank reduction")[0]["interval"]  # the gain's, not greedy's
+    assert greedy["verdict"] == verdict and "chosen on validation" in greedy["ours"]
+    assert "best single 87.5%" in greedy["ours"] and "2 reductions" in greedy["ours"]
+
+
+def test_greedy_row_is_always_emitted(tmp_path):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 70)
+    (greedy,) = by_claim(store, "greedy")
+    assert greedy["verdict"] == f"{verdicts.NOT_TESTABLE}: greedy kept one reduction or none (no composition stored)"
+
+
+@pytest.mark.parametrize("attention, verdict", [((500, 500), verdicts.AGREES), ((500, 300), verdicts.DISAGREES),
+                                                ((500, 445), verdicts.INCONCLUSIVE)])
+def test_attention_reduces_with_little_harm_or_gain(tmp_path, attention, verdict):
+    store = results.ResultStore(tmp_path)
+    kw = dict(n_val=250, n_test=1000)
+    put_point(store, [], 100, 500, **kw)
+    put_point(store, [("mlp_in", 3, 0.01)], 130, 600, **kw)
+    put_point(store, [("q", 1, 0.01)], 100, attention[0], **kw)
+    put_point(store, [("k", 2, 0.01)], 100, attention[1], **kw)
+    put_point(store, [("k", 2, 0.5)], 100, 100, **kw)  # not the heaviest reduction: not judged
+    (row,) = by_claim(store, "attention matrices")
+    assert row["verdict"] == verdict and "Holm" in row["interval"]
+
+
+def test_attention_claim_is_not_testable_without_attention_points(tmp_path):
+    store = results.ResultStore(tmp_path)
+    sweep(store, 16, 70, others=())
+    (row,) = by_claim(store, "attention matrices")
+    assert row["verdict"] == f"{verdicts.NOT_TESTABLE}: no attention matrix was swept"
+
+
+@pytest.mark.parametrize("shift, verdict", [(0.6, verdicts.AGREES), (0.0, verdicts.DISAGREES)])
+def test_accuracy_can_rise_while_the_answer_loss_worsens(tmp_path, shift, verdict):
+    store = results.ResultStore(tmp_path)
+    put_point(store, [], 10, 40)
+    put_point(store, [("mlp_in", 3, 0.01)], 16, 70, nll_shift=shift)
+    (row,) = by_claim(store, "loss of the answer")
+    assert row["verdict"] == verdict and "paired t" in row["interval"]
 
 
 def test_protocols_are_never_mixed(tmp_path):
@@ -94,7 +163,8 @@ def test_protocols_are_never_mixed(tmp_path):
     with pytest.raises(ValueError, match="mixes protocols"):
         laser.select_best(table)
     gains = by_claim(store, "single rank reduction")
-    assert len(gains) == 2 and {g["verdict"] for g in gains} == {verdicts.AGREES, verdicts.DISAGREES}
+    assert len(gains) == 2 and {g["verdict"].split(':')[0] for g in gains} == {verdicts.AGREES, verdicts.NOT_TESTABLE}
+    assert sorted(g["counted"] for g in gains) == [False, True]  # one protocol counted per claim
     assert all("seed" in g["model"] for g in gains)
     # a dtype is a protocol too
     store2 = results.ResultStore(tmp_path / "b")
@@ -119,7 +189,7 @@ def test_fever_gets_only_the_gain_row_and_an_empty_store_none(tmp_path):
     sweep(store, 16, 70, dataset="fever")
     rows = laser_claims.claim_rows(store)
     assert [r["claim"] for r in rows] == ["a single rank reduction raises fever test accuracy"]
-    assert set(rows[0]) == set(laser_claims.COLUMNS)
+    assert set(rows[0]) == set(laser_claims.COLUMNS) | {"counted"}
 
 
 def test_paper_names():

@@ -162,13 +162,16 @@ def test_layer_sensitivity_matches_an_independent_edit():
     model = tiny_model("llama")
     ids, mask = tiny_batch()
     sens = painters.layer_sensitivity(model, ids, mask)
-    assert len(sens) == 2 * N_LAYERS - 1
+    assert len(sens) == (2 * N_LAYERS - 1) * (len(ids) + 1)  # every document, then over all tokens
     with prune.dropped(model, [2]):  # a real edit, the model's own forward pass
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
-    ref = float(ce.view(ids.shape[0], -1)[mask[:, 1:].bool()].mean()) / np.log(97)
-    got = sens[(sens.layer == 2) & (sens.variant == "skip")]["loss_norm"].iloc[0]
-    assert got == pytest.approx(ref, rel=1e-5)
+    ce, real = ce.view(ids.shape[0], -1), mask[:, 1:].bool()
+    skip2 = sens[(sens.layer == 2) & (sens.variant == "skip")]
+    assert skip2[skip2.doc.isna()]["loss_norm"].iloc[0] == pytest.approx(float(ce[real].mean()) / np.log(97), rel=1e-5)
+    for d in range(len(ids)):
+        ref = float(ce[d][real[d]].mean()) / np.log(97)
+        assert skip2[skip2.doc == d]["loss_norm"].iloc[0] == pytest.approx(ref, rel=1e-5)
 
 
 def test_encoder_evaluate_stores_points_and_items_and_resumes(tmp_path):

@@ -104,3 +104,13 @@ def test_profile_config_quick_budget_and_validation():
         prune_curve.profile_config("smoke", healsteps=3)
     with pytest.raises(ValueError, match="limit"):
         prune_curve.profile_config("smoke", limit=-1)
+
+
+def test_per_document_distances_average_to_the_distance_map():
+    states = torch.randn(5, 7, 16, generator=torch.Generator().manual_seed(0))
+    docs = prune_curve.doc_distances(states)
+    mean = prune.angular_distances(states)
+    assert len(docs) == 7 * sum(4 - n + 1 for n in range(1, 5))
+    for (n, layer), part in docs.groupby(["n", "layer"]):
+        assert part["value"].mean() == pytest.approx(mean[n, layer], abs=1e-12)
+        assert sorted(part["doc"]) == list(range(7))

@@ -28,4 +28,17 @@ def test_both_needs_every_part():
     assert v.both(v.AGREES, v.AGREES) == v.AGREES
     assert v.both(v.AGREES, v.INCONCLUSIVE) == v.INCONCLUSIVE
     assert v.both(v.AGREES, v.DISAGREES, v.INCONCLUSIVE) == v.DISAGREES
-    assert v.both(v.AGREES, f"{v.NOT_TESTABLE}: at chance unpruned") == v.NOT_TESTABLE
+    assert v.both(v.AGREES, f"{v.NOT_TESTABLE}: at chance unpruned") == f"{v.NOT_TESTABLE}: at chance unpruned"
+
+
+def test_both_checks_disagrees_before_not_testable():
+    assert v.both(v.DISAGREES, f"{v.NOT_TESTABLE}: GSM8K not run") == v.DISAGREES
+    assert v.both(v.INCONCLUSIVE, f"{v.NOT_TESTABLE}: GSM8K not run") == f"{v.NOT_TESTABLE}: GSM8K not run"
+
+
+def test_every_verdict_parses_to_one_word():
+    assert v.word("not testable: at chance") == v.NOT_TESTABLE and v.word(v.AGREES) == v.AGREES
+    assert v.not_testable("no grid") == "not testable: no grid"
+    for bad in ("not testable (the unmodified agent solves no test level)", "agree", "holds"):
+        with pytest.raises(ValueError, match="is not one of"):
+            v.word(bad)

@@ -9,12 +9,15 @@ import pandas as pd
 from . import painters_claims, prune_claims, results, verdicts
 from .prune_claims import holds_then_falls  # noqa: F401  (re-exported: tests call compare.holds_then_falls)
 
+COLUMNS = ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"]
+
 
 def atlas(store: results.ResultStore, model: str, n_block: int = 1) -> pd.DataFrame:
     """Per layer l of ``model`` (rows: layer, lens, value, description):
 
-    laser_gain: the best CounterFact accuracy change (pp, val+test pooled) of any single
-        reduction at layer l; angular_distance: Gromov's d(x_l, x_{l+n}) for n = n_block;
+    laser_gain: the best CounterFact validation accuracy change (pp) of any single
+        reduction at layer l, within one protocol (the one with the most validation items;
+        the test split is left for the claims); angular_distance: Gromov's d(x_l, x_{l+n}) for n = n_block;
     skip_cost / swap_cost: normalised loss increase when block l is skipped / swapped with
         block l + 1 (Painters-style, one layer at a time).
     """
@@ -22,10 +25,11 @@ def atlas(store: results.ResultStore, model: str, n_block: int = 1) -> pd.DataFr
     laser = store.table("laser")
     if len(laser):
         cf = laser[(laser.model == model) & (laser.dataset == "counterfact") & (laser.metric == "acc")
-                   & (laser.n_reductions <= 1) & ~laser.protocol.str.endswith("valonly")]
-        cf = cf.assign(w=cf["value"] * cf["n_items"])
-        pooled = cf.groupby(["matrix_type", "layer", "rho"], as_index=False)[["w", "n_items"]].sum()
-        pooled["acc"] = pooled["w"] / pooled["n_items"]
+                   & (laser.n_reductions <= 1) & (laser.split == "val")]
+        if len(cf):
+            cf = cf[cf.protocol == cf.groupby("protocol")["n_items"].max().sort_index().idxmax()]
+        pooled = cf.groupby(["matrix_type", "layer", "rho"], as_index=False)["value"].mean().rename(
+            columns={"value": "acc"})
         base = pooled[pooled.matrix_type == "base"]["acc"]
         if len(base):
             gains = pooled[pooled.matrix_type != "base"].groupby("layer", as_index=False)["acc"].max()
@@ -38,6 +42,8 @@ def atlas(store: results.ResultStore, model: str, n_block: int = 1) -> pd.DataFr
     sens = store.table("painters_layer")
     if len(sens):
         s = sens[sens.model == model]
+        if "doc" in s:
+            s = s[s["doc"].isna()]  # the over-all-tokens rows; per-document rows feed the ends claim
         for variant, lens in (("skip", "skip_cost"), ("swap_next", "swap_cost")):
             part = s[s.variant == variant]
             frames.append(pd.DataFrame({"layer": part["layer"].astype(int), "lens": lens, "value": part["value"]}))
@@ -56,10 +62,32 @@ def models(store: results.ResultStore) -> list[str]:
     return sorted(found)
 
 
+def claim_words(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim (paper, claim, model) with its counted verdict word.
+
+    Every verdict must parse to one of the four words (``verdicts.word`` raises
+    otherwise). Rows with ``counted`` False (per-seed rows beside a pooled one, the
+    secondary protocols of a model) are shown but not counted; the model of a labelled row
+    ("m (seed 0)", "m (protocol ...)") is its name before the label. A claim with several
+    counted rows (sizes, n) counts once: the word its testable rows share, inconclusive when
+    they differ, not testable when none is testable."""
+    words = table["verdict"].map(verdicts.word)
+    counted = table["counted"].fillna(True).astype(bool) if "counted" in table else pd.Series(True, table.index)
+    t = table.assign(word=words, model=table["model"].astype(str).str.split(" (", regex=False).str[0])[counted]
+    rows = []
+    for (paper, claim, model), g in t.groupby(["paper", "claim", "model"], sort=False):
+        testable = set(g["word"]) - {verdicts.NOT_TESTABLE}
+        word = (verdicts.NOT_TESTABLE if not testable else testable.pop() if len(testable) == 1
+                else verdicts.INCONCLUSIVE)
+        rows.append({"paper": paper, "claim": claim, "model": model, "word": word, "rows": len(g)})
+    return pd.DataFrame(rows, columns=["paper", "claim", "model", "word", "rows"])
+
+
 def verdict_counts(table: pd.DataFrame) -> pd.DataFrame:
-    """Claims per paper and verdict (rows: paper; columns: the four verdicts, total)."""
-    verdict = table["verdict"].str.split(":").str[0]
-    counts = pd.crosstab(table["paper"], verdict).reindex(columns=list(verdicts.VERDICTS), fill_value=0)
+    """Claims (not rows: ``claim_words``) per paper and verdict (rows: paper; columns: the
+    four verdicts, total)."""
+    words = claim_words(table)
+    counts = pd.crosstab(words["paper"], words["word"]).reindex(columns=list(verdicts.VERDICTS), fill_value=0)
     counts.loc["all papers"] = counts.sum()
     return counts.assign(total=counts.sum(axis=1))
 
@@ -80,4 +108,7 @@ def claims(store: results.ResultStore) -> pd.DataFrame:
     rows += painters_claims.claim_rows(store)  # Sun et al.: bootstrap intervals over items
     from . import decision  # LASER outside language: the Sokoban Decision Transformer (paper Table 2)
     rows += decision.claim_rows(store)
-    return pd.DataFrame(rows, columns=["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"])
+    table = pd.DataFrame(rows, columns=COLUMNS + ["counted"])
+    table["counted"] = table["counted"].fillna(True).astype(bool)
+    table["verdict"].map(verdicts.word)
+    return table

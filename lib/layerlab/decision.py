@@ -5,7 +5,7 @@ The agent (``decision_agent``) is trained once per seed; the sweep reduces one m
 language models, and scores each on validation levels (solved rate, ties broken by mean
 return); the best, or none when the unmodified agent is best, is then played with the
 unmodified agent on the same test levels: Wilson intervals for each solved rate, a
-paired bootstrap interval and an exact McNemar test (binomial test of the discordant
+paired score interval (``stats.paired_proportion``) and an exact McNemar test (binomial test of the discordant
 levels) for the change. Every point is a keyed entry of the results store.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import evaluation, papers, rank, results, verdicts
+from . import evaluation, papers, rank, results
 from . import decision_agent as agent_mod
 
 TECHNIQUE, ITEMS, PROTOCOL = "laser_sokoban", "laser_sokoban_items", "laser_sokoban_protocol"
@@ -208,7 +208,11 @@ def protocol(run: Run, table: pd.DataFrame, n_test: int, profile: str = "") -> d
         "return_ci_low": out["diff_return"][1], "return_ci_high": out["diff_return"][2], "only_base": out["only_base"],
         "only_laser": out["only_laser"], "mcnemar_p": out["mcnemar_p"], "n_val": out["n_val"],
         "base_key": point_key(run, [], "test", n_test),
-        "laser_key": point_key(run, [best] if best else [], "test", n_test)}])
+        "laser_key": point_key(run, [best] if best else [], "test", n_test),
+        "config": json.dumps({"agent": dataclasses.asdict(run.agent), "env": dataclasses.asdict(run.env),
+                              "grid": grid}, sort_keys=True, default=str),
+        "device": next(run.model.parameters()).device.type,
+        "dtype": str(next(run.model.parameters()).dtype).removeprefix("torch.")}])
     return out
 
 
@@ -261,39 +265,8 @@ def describe(r: dict) -> str:
             f"{r['laser_return']:.2f}.{power}")
 
 
-def claim_rows(store: results.ResultStore) -> list[dict]:
-    """The comparison page's rows: per stored protocol (one per seed, plus the seeds
-    pooled when there are several), the paired change in test solved rate with its 95%
-    bootstrap interval and the verdict ``verdicts.above(lo, hi)``."""
-    proto = store.table(PROTOCOL)
-    if not len(proto):
-        return []
-    p = PAPER_TABLE2
-    paper = f"DT, 10x10 Sokoban: {p['base_solved']}% → {p['laser_solved']}% solved (~300 levels)"
-    claim = "one rank reduction (chosen on validation) raises a Decision Transformer's Sokoban solved rate"
-    item_rows = store.table(ITEMS)
-    rows = []
-    # one group per configuration; a rerun of a seed replaces its earlier protocol
-    for _, group in proto.groupby(["model", "profile", "dataset", "n_items", "n_val"], sort=True):
-        group = group.drop_duplicates("seed", keep="last")
-        label = group["model"].iloc[0]
-        for _, r in group.sort_values("seed").iterrows():
-            best = (r.best.replace("@", ", layer ").replace(":", ", rho ") if r.best
-                    else "no reduction beats the unmodified agent on validation")
-            rows.append({"paper": "LASER", "claim": claim, "paper's number": paper, "model": f"{label} (seed {r.seed})",
-                         "ours": f"{100 * r.base_solved:.1f}% → {100 * r.laser_solved:.1f}% on {r.n_items} levels "
-                                 f"({best}); McNemar p = {r.mcnemar_p:.2g}",
-                         "interval": f"Δ {100 * r.value:+.1f} pp [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]",
-                         "verdict": verdicts.above(r.ci_low, r.ci_high) if r.base_solved > 0 else
-                         f"{verdicts.NOT_TESTABLE} (the unmodified agent solves no test level)"})
-        if group["seed"].nunique() > 1:
-            solved = lambda key: item_rows[item_rows.key == key].sort_values("level")["solved"].to_numpy()  # noqa: E731
-            base = np.concatenate([solved(k) for k in group["base_key"]])
-            laser = np.concatenate([solved(k) for k in group["laser_key"]])
-            d, lo, hi = evaluation.paired_difference(base, laser)
-            rows.append({"paper": "LASER", "claim": claim, "paper's number": paper,
-                         "model": f"{label} ({group['seed'].nunique()} seeds pooled)",
-                         "ours": f"{100 * base.mean():.1f}% → {100 * laser.mean():.1f}% on {len(base)} levels",
-                         "interval": f"Δ {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]",
-                         "verdict": verdicts.above(lo, hi)})
-    return rows
+def claim_rows(store: results.ResultStore, n_boot: int = 2000) -> list[dict]:
+    """The comparison page's Sokoban rows: ``decision_claims.claim_rows``."""
+    from .decision_claims import claim_rows as rows
+
+    return rows(store, n_boot)

@@ -96,11 +96,19 @@ def bootstrap_interval(values, n_boot: int = 2000, confidence: float = 0.95, see
     return (float(lo), float(hi))
 
 
-def paired_difference(a, b, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of b - a over paired per-item values and its bootstrap interval: (diff, lo, hi)."""
-    diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
-    lo, hi = bootstrap_interval(diff, n_boot=n_boot, confidence=confidence, seed=seed)
-    return (float(diff.mean()), lo, hi)
+def paired_difference(a, b, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of b - a over paired per-item values [n_items] and its interval: (diff, lo, hi).
+
+    0/1 outcomes (an item right before and after an edit) get Tango's score interval for a
+    difference of paired proportions (``stats.paired_proportion``: honest coverage when few
+    items change, where a percentile bootstrap of 0/1 differences is far too narrow);
+    continuous values get the paired t interval (``stats.paired_t``)."""
+    from . import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if stats.is_binary(a, b):
+        return stats.paired_proportion(a, b, confidence)
+    return stats.paired_t(a, b, confidence)
 
 
 # ---------------------------------------------------------------------------- lm-eval tasks

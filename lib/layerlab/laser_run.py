@@ -39,8 +39,10 @@ def run_sweeps(run: dict, model: str, results_dir: str, data_dir=None, seed: int
                dtype: str = "auto", executor: str = "local", ray_address=None, workers=None) -> tuple[dict, dict, dict]:
     """The (tau, l, rho) sweep of every dataset (the full grid on the main dataset and user
     files, the reduced grid on the others); on Ray the points run as tasks and land in the
-    store first. Returns (sweepers, tables, seconds) keyed by dataset."""
+    store first (the runtime checked before any task starts). Returns (sweepers, tables,
+    seconds) keyed by dataset."""
     cfg, sweepers, tables, seconds = run["cfg"], {}, {}, {}
+    svd = rank.SVDCache(run["lm"])  # one bounded cache for every dataset: no SVD computed twice
     for ds, task in run["tasks"].items():
         full, t0 = run["full_grid"][ds], time.time()
         grid = (cfg["matrix_types"], cfg["layers"] if full else cfg["other_layers"],
@@ -50,10 +52,11 @@ def run_sweeps(run: dict, model: str, results_dir: str, data_dir=None, seed: int
             ran = distributed.run_laser_points(model, ds, [[]] + [[r] for r in laser.grid(*grid)],
                                                results_dir=results_dir, seed=seed, limit=limit, data_dir=data_dir,
                                                device=device, dtype=dtype, executor=executor,
-                                               ray_address=ray_address, workers=workers)
-            distributed.check_runtime(ran["runtime"], run["lm"])
-        sweepers[ds] = laser.Sweeper(run["lm"], run["tok"], model, task, run["store"], seed=seed, limit=limit)
+                                               ray_address=ray_address, workers=workers,
+                                               expected_runtime=models.runtime(run["lm"]))
+        sweepers[ds] = laser.Sweeper(run["lm"], run["tok"], model, task, run["store"], seed=seed, limit=limit, svd=svd)
         tables[ds] = laser.sweep(sweepers[ds], *grid)
+        sweepers[ds].release()  # its prefix states: captured again only if a later step needs new points
         seconds[ds] = time.time() - t0
     return sweepers, tables, seconds
 
@@ -80,7 +83,7 @@ def table1(reports: dict, gated: bool) -> pd.DataFrame:
     return table.astype(object).fillna("")
 
 
-WHY = {verdicts.AGREES: "LASER **raises** test accuracy (the paired interval lies above 0)",
+WHY = {verdicts.AGREES: "LASER **raises** test accuracy (the paired score interval lies above 0)",
        verdicts.DISAGREES: "LASER does **not** raise test accuracy (the paired interval lies at or below 0)",
        verdicts.INCONCLUSIVE: "the change is **not distinguishable from zero** at this sample size"}
 
@@ -91,7 +94,8 @@ def verdict_lines(reports: dict) -> str:
     for ds, r in reports.items():
         d, lo, hi = r["diff_acc"]
         verdict = (WHY[verdicts.above(lo, hi)] if r["best"] else
-                   "validation picked no reduction, so LASER changes nothing (Δ = 0: disagrees)")
+                   f"validation picked no reduction, so LASER changes nothing: "
+                   f"{verdicts.not_testable(laser_claims.NONE_CHOSEN)}")
         if ds == "hotpotqa" and r["base_acc"] == 0:
             verdict += " (exact greedy answers are out of reach for this model: 0% before and after)"
         p = paper.get(r["dataset"])

@@ -37,22 +37,29 @@ class ScoredPositionsLM(HFLM):
         finally:
             self._first_scored, self._lengths = {}, []
 
-    def _positions_to_keep(self, inps: torch.Tensor) -> int | None:
-        """How many trailing positions of the padded batch [B, T] hold every row's scored
-        positions; None when a row is not one of the current requests (then: all)."""
+    def _scored_spans(self, inps: torch.Tensor) -> list[tuple[int, int]] | None:
+        """Per row of the padded batch [B, T]: (first scored position, row length), the
+        positions whose logits the row's requests read; None when a row is not one of the
+        current requests."""
         scored = getattr(self, "_first_scored", None)
         if not scored or self.backend != "causal":
             return None
-        rows = inps.tolist()
         width = inps.shape[1]
-        firsts = []
-        for row in rows:
-            found = [scored[tuple(row[:n])] for n in self._lengths
+        spans = []
+        for row in inps.tolist():
+            found = [(scored[tuple(row[:n])], n) for n in self._lengths
                      if n <= width and not any(row[n:]) and tuple(row[:n]) in scored]
             if not found:
                 return None
-            firsts.append(min(found))  # a row ending in pad-valued tokens may match twice: keep both
-        return width - min(firsts)
+            # a row ending in pad-valued tokens may match twice: keep the widest span
+            spans.append((min(f for f, _ in found), max(n for _, n in found)))
+        return spans
+
+    def _positions_to_keep(self, inps: torch.Tensor) -> int | None:
+        """How many trailing positions of the padded batch [B, T] hold every row's scored
+        positions; None when a row is not one of the current requests (then: all)."""
+        spans = self._scored_spans(inps)
+        return None if spans is None else inps.shape[1] - min(first for first, _ in spans)
 
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
                     labels: torch.Tensor | None = None) -> torch.Tensor:

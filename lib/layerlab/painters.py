@@ -191,30 +191,39 @@ def layer_sensitivity(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     when blocks l and l + 1 run swapped, against the unmodified model. Each variant reruns
     only the blocks from l on (the prefix is captured once).
 
-    input_ids, attention_mask: [batch, seq] held-out text. Returns rows: layer, variant
-    ('skip' | 'swap_next'), loss_norm, delta (vs unmodified)."""
+    input_ids, attention_mask: [batch, seq] held-out text, one document per row. Returns
+    rows: layer, variant ('skip' | 'swap_next'), doc (NaN: over all tokens; 0..batch-1:
+    that document alone, so claims can resample documents), loss_norm, delta (vs
+    unmodified, the same doc)."""
     import math
 
     n = arch.n_layers(model)
     state = runner.capture(model, input_ids, attention_mask)
     labels = input_ids.to(state.attention_mask.device)[:, 1:]
-    keep = state.attention_mask[:, 1:].bool()
+    keep = state.attention_mask[:, 1:].float()
+    log_v = math.log(model.config.vocab_size)
 
-    def loss_of(layer: int, steps) -> float:
+    def loss_of(layer: int, steps) -> np.ndarray:
+        """[batch + 1]: each document's mean loss, then the mean over all real tokens."""
         logits = runner.finish(model, runner.run_blocks(model, state, state.hidden[layer], steps))[:, :-1]
         ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
-        return float(ce.view_as(labels.float())[keep].mean()) / math.log(model.config.vocab_size)
+        ce = ce.view_as(keep) * keep
+        per_doc = ce.sum(1) / keep.sum(1).clamp(min=1)
+        return torch.cat([per_doc, (ce.sum() / keep.sum()).view(1)]).double().cpu().numpy() / log_v
 
     base = loss_of(n, [])
+    docs = [*range(len(input_ids)), np.nan]
     rows = []
     for layer in range(n):
-        rows.append({"layer": layer, "variant": "skip", "loss_norm": loss_of(layer, range(layer + 1, n))})
+        variants = [("skip", range(layer + 1, n))]
         if layer + 1 < n:
-            rows.append({"layer": layer, "variant": "swap_next",
-                         "loss_norm": loss_of(layer, [layer + 1, layer, *range(layer + 2, n)])})
+            variants.append(("swap_next", [layer + 1, layer, *range(layer + 2, n)]))
+        for variant, steps in variants:
+            loss = loss_of(layer, steps)
+            rows += [{"layer": layer, "variant": variant, "doc": d, "loss_norm": v, "delta": v - b}
+                     for d, v, b in zip(docs, loss, base)]
     frame = pd.DataFrame(rows)
-    frame["delta"] = frame["loss_norm"] - base
-    frame.attrs["base"] = base
+    frame.attrs["base"] = float(base[-1])
     return frame
 
 

@@ -67,8 +67,8 @@ def run_decoder(lm, tok, model: str, store: results.ResultStore, cfg: dict, seed
     if executor == "ray":  # the schedules run as Ray tasks and land in the store; evaluate below reads them
         ran = distributed.run_painters_specs(model, all_specs[1:], spec_tasks, limits, n_layers=L, results_dir=store.root,
                                              seed=seed, data_dir=data_dir, device=device, dtype=dtype, executor=executor,
-                                             ray_address=ray_address, workers=workers)
-        distributed.check_runtime(ran["runtime"], lm)
+                                             ray_address=ray_address, workers=workers,
+                                             expected_runtime=models.runtime(lm))
     table = pd.concat([base_table, painters.evaluate_specs(lm, tok, model, store, spec_tasks, limits, data_dir, seed)],
                       ignore_index=True)
     norm = painters.normalise(table)
@@ -79,25 +79,32 @@ def run_decoder(lm, tok, model: str, store: results.ResultStore, cfg: dict, seed
 
 def similarity(lm, tok, model: str, store: results.ResultStore, n_docs: int, data_dir=None, max_length: int = 128) -> dict:
     """Hidden-state cosine similarity between every pair of block boundaries (Fig. 3) on
-    ``n_docs`` WikiText-2 documents, and per document the mean cosine between different
-    middle layers (stored under ``painters_claims.SIMILARITY`` for the claim's interval).
-    Returns {sim [L+1, L+1], doc_cosines, enc (the tokenised batch)}."""
+    ``n_docs`` WikiText-2 documents, and per document the contrast the shared-space claim
+    is judged on (``painters_contrasts.middle_contrast``: middle-to-middle minus
+    middle-to-ends cosine on centred states: each boundary's mean state over all real
+    tokens subtracted), stored under ``painters_claims.SIMILARITY`` with a ``doc`` column.
+    Returns {sim [L+1, L+1], doc_contrast [docs], enc (the tokenised batch)}."""
+    from .painters_contrasts import CONTRAST, middle_contrast
+
     texts = [r["text"] for r in data.load("wikitext2", "test", data_dir=data_dir)][:n_docs]
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
     state = runner.capture(lm, enc.input_ids, enc.attention_mask)
-    states = torch.stack(state.hidden)
-    L = states.shape[0] - 1
+    states = torch.stack(state.hidden)  # [L+1, docs, T, d]
     sim = painters.hidden_similarity(states, enc.attention_mask)
-    off = ~np.eye(L - 1, dtype=bool)
-    docs = np.array([painters.hidden_similarity(states[:, i:i + 1], enc.attention_mask[i:i + 1])[1:L, 1:L][off].mean()
-                     for i in range(len(texts))])
-    key = results.point_key(model, painters_claims.SIMILARITY, {"docs": n_docs, "max_length": max_length}, "wikitext2",
-                            "test", models.runtime(lm))
+    real = enc.attention_mask.bool().to(states.device)
+    centre = states[:, real].float().mean(1)  # [L+1, d]: each boundary's mean over every real token
+    centred = states.float() - centre[:, None, None, :]
+    contrast = middle_contrast(np.stack([painters.hidden_similarity(centred[:, i:i + 1], enc.attention_mask[i:i + 1])
+                                         for i in range(len(texts))]))
+    key = results.point_key(model, painters_claims.SIMILARITY, {"docs": n_docs, "max_length": max_length,
+                                                                "measure": CONTRAST}, "wikitext2", "test",
+                            models.runtime(lm))
     if not store.has(painters_claims.SIMILARITY, key):
         store.put(painters_claims.SIMILARITY, key, pd.DataFrame({
             "model": model, "technique": painters_claims.SIMILARITY, "dataset": "wikitext2", "split": "test",
-            "metric": "mean_middle_cosine", "value": docs, "n_items": 1, "doc": np.arange(len(docs))}))
-    return {"sim": sim, "doc_cosines": docs, "enc": enc}
+            "metric": CONTRAST, "value": contrast, "n_items": 1, "doc": np.arange(len(contrast)),
+            **results.runtime_columns(models.runtime(lm))}))
+    return {"sim": sim, "doc_contrast": contrast, "enc": enc}
 
 
 def layer_sensitivity(lm, model: str, store: results.ResultStore, enc, n_docs: int) -> pd.DataFrame:
@@ -117,18 +124,18 @@ QUESTIONS = [  # the paper's eight questions and the claims that answer them
     ("Are all layers necessary?", ["not_all_needed"]),
     ("Do middle layers do the same thing?", ["middle_repeat_worst"]),
     ("Does the layer order matter?", ["order"]),
-    ("Can we run the layers in parallel?", ["parallel_gsm8k"]),
+    ("Can we run the layers in parallel?", ["parallel_gsm8k", "parallel_between"]),
     ("Does order matter more for some tasks?", []),
     ("Does looping help parallel layers?", ["looped_parallel", "best_loops_grow"]),
-    ("Which variants hurt least?", ["middle_repeat_worst"]),
+    ("Which variants hurt least?", ["least_degrading"]),
 ]
 
 
-def answers(out: dict, model: str, doc_cosines=None, n_boot: int = painters_claims.N_BOOT) -> str:
+def answers(out: dict, model: str, doc_contrast=None, n_boot: int = painters_claims.N_BOOT) -> str:
     """Markdown: the eight questions, each answered by the claim rows of
     ``painters_claims.model_rows`` at the middle affected size (the same functions and
-    thresholds as the comparison chapter)."""
-    rows = painters_claims.model_rows(out["items"], model, doc_cosines, n_boot=n_boot)
+    thresholds as the comparison chapter); ``doc_contrast`` from ``similarity``."""
+    rows = painters_claims.model_rows(out["items"], model, n_boot=n_boot, doc_contrast=doc_contrast)
     a_mid = out["affected"][len(out["affected"]) // 2]
     by_claim = {}
     for r in rows:

@@ -100,7 +100,7 @@ class PrefixSharedLM(ScoredPositionsLM):
                     labels: torch.Tensor | None = None) -> torch.Tensor:
         if self._mode is None or attn_mask is not None or labels is not None:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-        keep = self._positions_to_keep(inps) or inps.shape[1]
+        spans = self._scored_spans(inps)
         key = (tuple(inps.shape), hashlib.sha256(inps.cpu().numpy().tobytes()).hexdigest())
         with torch.no_grad():
             if self._mode == CAPTURE:
@@ -115,7 +115,30 @@ class PrefixSharedLM(ScoredPositionsLM):
                                        "must be the same for every edit of a chunk")
                 self.model_calls["suffix"] += 1
                 h = edits_mod.run(self.model, state, self.edits[self._mode])
-            return runner.finish(self.model, h[:, -keep:])
+            return scored_logits(self.model, h, spans)
+
+
+def scored_logits(model: nn.Module, h: torch.Tensor, spans: list[tuple[int, int]] | None) -> torch.Tensor:
+    """Logits as HFLM reads them from a right-aligned window, with the head computed only
+    where a request is scored.
+
+    h: [B, T, d_model], the last block's output. spans: per row (first scored position,
+    row length), or None (every position). Returns [B, keep, vocab] for the trailing
+    ``keep = T - min(first)`` positions (HFLM's virtual-token offset locates each row's
+    continuation in it); positions no request reads hold zeros. Computing the head at the
+    scored positions only (one per row for a multiple-choice question) rather than over the
+    whole window saves most of the head's cost: with Qwen2.5's 151,936-row head it costs as
+    much per position as five blocks."""
+    if spans is None:
+        return runner.finish(model, h)
+    width = h.shape[1]
+    keep = width - min(first for first, _ in spans)
+    rows = torch.cat([torch.full((n - first,), b) for b, (first, n) in enumerate(spans)]).to(h.device)
+    cols = torch.cat([torch.arange(first, n) for first, n in spans]).to(h.device)
+    picked = runner.finish(model, h[rows, cols].unsqueeze(0))[0]  # [P, vocab]
+    out = picked.new_zeros((h.shape[0], keep, picked.shape[-1]))
+    out[rows, cols - (width - keep)] = picked
+    return out
 
 
 def _request_key(request) -> tuple:

@@ -19,6 +19,9 @@ from .healing import HealConfig, heal
 from .lm_loss import text_chunks
 
 TECHNIQUE = prune.TECHNIQUE
+ITEMS = "prune_items"  # per-item results of each point (lm-eval samples, held-out chunks), keyed like the point
+DOC_DISTANCES = "prune_distance_docs"  # per-document angular distances (doc, n, layer, value), keyed like the map
+EVAL_PATH = "prefix-shared"  # how the points are computed (prefix_eval): part of every key
 PROFILES = {
     "smoke": dict(fractions=[0, 0.1, 0.2], heal_fractions=[0.1], heal_steps=3, lora_rank=4, eval_tasks=["arc_easy"],
                   heuristic_tasks=["arc_easy"], limit=8, distance_docs=8, distance_len=64, loss_chunks=4,
@@ -80,12 +83,13 @@ def distances(lm: nn.Module, tok, model: str, store: results.ResultStore, cfg: d
     docs = [r["text"] for r in data.load("c4", data_dir=data_dir)][: cfg["distance_docs"]]
     key = results.point_key(model, "prune_distance", {"docs": cfg["distance_docs"], "max_length": cfg["distance_len"]},
                             "c4", "validation", models.runtime(lm))
-    if not store.has("prune_distance", key):
-        d = prune.angular_distances(prune.last_token_states(lm, prune.text_batches(tok, docs, cfg["distance_len"])))
-        frame = prune.distance_frame(d)
-        store.put("prune_distance", key, frame.assign(model=model, technique="prune_distance", dataset="c4",
-                                                      split="validation", metric="angular_distance",
-                                                      value=frame["distance"], n_items=len(docs)))
+    if not (store.has("prune_distance", key) and store.has(DOC_DISTANCES, key)):
+        states = prune.last_token_states(lm, prune.text_batches(tok, docs, cfg["distance_len"]))
+        frame = prune.distance_frame(prune.angular_distances(states))
+        common = dict(model=model, dataset="c4", split="validation", metric="angular_distance")
+        store.put(DOC_DISTANCES, key, doc_distances(states).assign(technique=DOC_DISTANCES, n_items=1, **common))
+        store.put("prune_distance", key, frame.assign(technique="prune_distance", value=frame["distance"],
+                                                      n_items=len(docs), **common))
     frame = store.get("prune_distance", key)
     big_l = arch.n_layers(lm)
     d = np.full((big_l + 1, big_l + 1), np.nan)
@@ -93,6 +97,29 @@ def distances(lm: nn.Module, tok, model: str, store: results.ResultStore, cfg: d
     best = pd.DataFrame([{"n": n, "l*": prune.best_start(d, n), "d": d[n, prune.best_start(d, n)]}
                          for n in range(1, big_l)])
     return d, frame, best
+
+
+def items_of(store, rows: pd.DataFrame, table: str = ITEMS) -> pd.DataFrame:
+    """The per-item rows (``ITEMS``, or ``DOC_DISTANCES`` for a distance frame) stored under
+    the keys of ``rows`` (curve or distance rows read from the store)."""
+    keys = sorted(set(rows["key"])) if "key" in rows else []
+    frames = [store.get(table, k) for k in keys if store.has(table, k)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def doc_distances(states: torch.Tensor) -> pd.DataFrame:
+    """Per document, the angular distance arccos(cos(x_l, x_{l+n})) / pi of every (l, n)
+    (``prune.angular_distances`` before its mean over documents, so claims can resample
+    documents). states: [L + 1, docs, d] last-token states. Rows doc, n, layer, value."""
+    unit = torch.nn.functional.normalize(states.double(), dim=-1)
+    ang = (torch.arccos(torch.einsum("asd,bsd->sab", unit, unit).clamp(-1, 1)) / np.pi).numpy()  # [docs, L+1, L+1]
+    big_l = states.shape[0] - 1
+    ns, layers = zip(*[(n, layer) for n in range(1, big_l + 1) for layer in range(big_l - n + 1)])
+    ns, layers = np.array(ns), np.array(layers)
+    values = ang[:, layers, layers + ns]  # [docs, pairs]
+    docs = np.repeat(np.arange(ang.shape[0]), len(ns))
+    return pd.DataFrame({"doc": docs, "n": np.tile(ns, ang.shape[0]), "layer": np.tile(layers, ang.shape[0]),
+                         "value": values.reshape(-1)})
 
 
 def text_data(tok, cfg: dict, data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +144,6 @@ def heal_config(cfg: dict, seed: int = 0) -> HealConfig:
                       seq_len=cfg["seq_len"], seed=seed)
 
 
-ITEMS = "prune_items"  # per-item results of each point (lm-eval samples, held-out chunks), keyed like the point
-EVAL_PATH = "prefix-shared"  # how the points are computed (prefix_eval): part of every key
 
 
 def _keys(model: nn.Module, model_name: str, method: str, n: int, blocks: list[int], tasks: list[str], limit,

@@ -39,14 +39,31 @@ def below(lo: float, hi: float, threshold: float = 0.0) -> str:
     return above(-hi, -lo, -threshold)
 
 
+def word(verdict: str) -> str:
+    """The one of ``VERDICTS`` a verdict string starts with ("not testable: <reason>" ->
+    "not testable"); ValueError for anything else (a verdict that parses to no word
+    would drop out of every count)."""
+    for w in VERDICTS:
+        if verdict == w or verdict.startswith(f"{w}: "):
+            return w
+    raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)} (optionally 'word: reason')")
+
+
+def not_testable(reason: str) -> str:
+    """The verdict of a claim the data or the grid cannot test, with its reason."""
+    return f"{NOT_TESTABLE}: {reason}"
+
+
 def both(*verdicts: str) -> str:
     """A claim made of several parts that must all hold: disagrees if any part
-    disagrees, agrees only if every part agrees, otherwise inconclusive (not testable
-    if any part is)."""
+    disagrees (even when another part is not testable: one falsified part falsifies the
+    claim), otherwise not testable if any part is (with its reason), agrees only if every
+    part agrees, otherwise inconclusive."""
     if not verdicts:
         raise ValueError("both: needs at least one verdict")
-    if any(v.startswith(NOT_TESTABLE) for v in verdicts):
-        return NOT_TESTABLE
-    if DISAGREES in verdicts:
+    words = [word(v) for v in verdicts]
+    if DISAGREES in words:
         return DISAGREES
-    return AGREES if all(v == AGREES for v in verdicts) else INCONCLUSIVE
+    if NOT_TESTABLE in words:
+        return next(v for v in verdicts if word(v) == NOT_TESTABLE)
+    return AGREES if all(w == AGREES for w in words) else INCONCLUSIVE
