@@ -52,3 +52,11 @@ def test_auto_on_cuda_follows_bf16_support(monkeypatch):
         models.resolve_dtype("bfloat16", "cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert models.resolve_dtype("auto", "cuda") == torch.bfloat16
+
+
+def test_an_isa_limit_below_bf16_means_no_native_bf16(flags, monkeypatch):
+    flags("avx2", "avx512f", "avx512_bf16")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN then emulates bf16, as on an AVX2-only CPU
+    assert models.resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
+    assert models.resolve_dtype("auto", "cpu") == torch.bfloat16

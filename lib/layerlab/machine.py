@@ -11,6 +11,9 @@ import torch
 
 from .models import NATIVE_BF16_FLAGS, auto_dtype, cpu_flags, cpu_has_native_bf16
 
+# environment variables that cap the instruction sets torch, oneDNN and MKL use (they make a
+# CPU behave like an older one: how this book's AVX2-only timings were taken on an AVX-512 CPU)
+ISA_LIMIT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 # the flags that decide how fast float32 and bfloat16 matmuls run on a CPU
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", *NATIVE_BF16_FLAGS, "amx_tile")
 
@@ -30,14 +33,17 @@ def cpu_model() -> str:
 def machine_info() -> dict:
     """One flat dict: cpu, cpu_cores, torch_threads, cpu_flags (the ``RELEVANT_FLAGS`` it
     has, comma-separated), native_bf16, gpu ("none" without CUDA), auto_dtype (what
-    ``dtype="auto"`` picks on the default device)."""
+    ``dtype="auto"`` picks on the default device), torch_cpu_capability (the kernels torch
+    dispatches to), isa_limits (``ISA_LIMIT_VARIABLES`` set in the environment)."""
     flags = cpu_flags()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_flags": ",".join(f for f in RELEVANT_FLAGS if f in flags) or "unknown",
             "native_bf16": cpu_has_native_bf16(flags),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-            "auto_dtype": str(auto_dtype(device)).removeprefix("torch.")}
+            "auto_dtype": str(auto_dtype(device)).removeprefix("torch."),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "isa_limits": ", ".join(f"{k}={os.environ[k]}" for k in ISA_LIMIT_VARIABLES if os.environ.get(k)) or "none"}
 
 
 def runtime_label(model: torch.nn.Module) -> str:

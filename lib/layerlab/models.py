@@ -204,10 +204,19 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that still allow its native bf16 kernels
+BF16_ISA_LIMITS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+                   "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "DEFAULT", "ALL")
+
+
 def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
-    """Whether this CPU computes bfloat16 natively (``NATIVE_BF16_FLAGS`` among its flags).
-    Decided from the CPU's capabilities, not by timing: the flags are what oneDNN
-    dispatches on, and reading them costs nothing and never varies between runs."""
+    """Whether this CPU computes bfloat16 natively (``NATIVE_BF16_FLAGS`` among its flags,
+    and no ``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16 in the environment). Decided from
+    the CPU's capabilities, not by timing: the flags are what oneDNN dispatches on, and
+    reading them costs nothing and never varies between runs."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if limit and limit not in BF16_ISA_LIMITS:
+        return False
     return bool(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
 
 
