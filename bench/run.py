@@ -443,12 +443,50 @@ def row_dtype_speed(args) -> dict:
     return {"rows": out, "seconds": 0.0}
 
 
+def row_laser_memory_one(args) -> dict:
+    """(internal) One LASER CounterFact sweep of ``--memory-model`` on ``--memory-items``
+    items (2 deepest layers x {mlp_in, mlp_out} x rho 0.01, and the base): its seconds and
+    the weights' size; peak RSS is added by the caller's process."""
+    import tempfile
+    import layerlab
+    from layerlab import arch, laser, results
+    model, tok = layerlab.load(args.memory_model)
+    weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    task = laser.build_task("counterfact", limit=args.memory_items, seed=0)
+    L = arch.n_layers(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        sw = laser.Sweeper(model, tok, args.memory_model, task, results.ResultStore(tmp))
+        laser.sweep(sw, ["mlp_in", "mlp_out"], [L - 2, L - 1], [0.01], progress=False)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "weights_mb": weights_mb, "items": task.n_items,
+            "dtype": str(model.dtype).removeprefix("torch.")}
+
+
+def row_laser_memory(args) -> dict:
+    """Peak RSS of the LASER sweep for each model of ``--memory-models`` at 100 and 2,000
+    CounterFact items, each in a fresh process: memory = weights + a working set that must
+    not grow with the items (issue #20)."""
+    out = []
+    for spec in args.memory_models.split(","):
+        name, _, sizes = spec.partition(":")
+        for items in [int(x) for x in (sizes or "100/2000").split("/")]:
+            cmd = [sys.executable, __file__, "--row", "laser_memory_one", "--memory-model", name,
+                   "--memory-items", str(items)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                out.append({"model": name, "items": items, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
+                continue
+            out.append({"model": name, **json.loads(proc.stdout.strip().splitlines()[-1])})
+    return {"rows": out, "seconds": 0.0}
+
+
 ROWS = {    "laser_layerlab": row_laser_layerlab, "laser_bound": row_laser_bound, "laser_naive": row_laser_naive,
     "laser_naive_batched": row_laser_naive_batched, "svd": row_svd,
     "distances_one_pass": row_distances_one_pass, "distances_per_n": row_distances_per_n,
     "painters_shared": row_painters_shared, "painters_recomputed": row_painters_recomputed, "scaling": row_scaling, "gpu": row_gpu,
     "ray": row_ray, "lm_eval_head": row_lm_eval_head, "prune_curve_passes": row_prune_curve_passes,
-    "dtype_speed": row_dtype_speed,
+    "dtype_speed": row_dtype_speed, "laser_memory": row_laser_memory, "laser_memory_one": row_laser_memory_one,
 }
 
 
@@ -459,7 +497,8 @@ def run_row(name: str, args) -> dict:
            "--gpu-layers", str(args.gpu_layers), "--ray-layers", str(args.ray_layers),
            "--scaling-models", args.scaling_models, "--head-model", args.head_model,
            "--head-items", str(args.head_items), "--curve-model", args.curve_model, "--curve-dtype", args.curve_dtype,
-           "--curve-items", str(args.curve_items), "--dtype-models", args.dtype_models]
+           "--curve-items", str(args.curve_items), "--dtype-models", args.dtype_models,
+           "--memory-models", args.memory_models]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -473,7 +512,8 @@ def table(res: dict, args) -> str:
     from layerlab.machine import machine_info
     info = machine_info()
     lines = [f"Benchmarks for `{args.model}` on {info['cpu']} ({info['cpu_cores']} cores; {info['cpu_flags']}; native "
-             f"bf16: {'yes' if info['native_bf16'] else 'no'}; dtype auto = {info['auto_dtype']}), one run "
+             f"bf16: {'yes' if info['native_bf16'] else 'no'}; dtype auto = {info['auto_dtype']}; torch kernels "
+             f"{info['torch_cpu_capability']}; ISA caps: {info['isa_limits']}), one run "
              f"({time.strftime('%Y-%m-%d %H:%M')}). Seconds are wall time; ratios are against layerlab's row.",
              "", "| sweep | method | seconds | configs (measured) | ratio | peak RSS MB |", "|---|---|---:|---:|---:|---:|"]
 
@@ -552,6 +592,18 @@ def table(res: dict, args) -> str:
                   f"{curve['max_abs_diff_unmodified']:.2g}."]
     elif curve:
         lines += ["", f"Deeper-layers curve: {curve.get('error') or curve.get('skipped')}"]
+    mem = res.get("laser_memory", {})
+    if "rows" in mem:
+        lines += ["", "Peak RSS of a LASER CounterFact sweep (2 layers x 2 matrix types x 1 rho + base), each in a fresh "
+                  "process: the weights plus a working set that should not grow with the items.", "",
+                  "| model | dtype | items | seconds | weights MB | peak RSS MB | peak - weights MB |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in mem["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['model']} | | {r['items']} | {r['error']} | | | |")
+            else:
+                lines.append(f"| {r['model']} | {r['dtype']} | {r['items']} | {r['seconds']:.1f} | {r['weights_mb']:.0f} | "
+                             f"{r['peak_mb']:.0f} | {r['peak_mb'] - r['weights_mb']:.0f} |")
     speed = res.get("dtype_speed", {})
     if "rows" in speed:
         lines += ["", "Forward pass of 8 x 128 tokens on this CPU:", "", "| model | dtype | seconds | tokens/s |",
@@ -568,7 +620,8 @@ def table(res: dict, args) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--row", choices=sorted(ROWS), help="(internal) run one row and print JSON")
-    parser.add_argument("--rows", "--only", dest="rows", default=",".join(ROWS), help="comma-separated rows to run")
+    parser.add_argument("--rows", "--only", dest="rows", default=",".join(r for r in ROWS if not r.endswith("_one")),
+                        help="comma-separated rows to run")
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--naive-sample", type=int, default=4, help="configurations timed for the naive rows")
@@ -579,6 +632,10 @@ def main() -> int:
     parser.add_argument("--curve-dtype", default="auto", help="its dtype (auto: the fastest this CPU has)")
     parser.add_argument("--curve-items", type=int, default=100, help="MMLU items of the prune_curve_passes row")
     parser.add_argument("--dtype-models", default="smollm2-135m,qwen2.5-coder-1.5b", help="models of the dtype_speed row")
+    parser.add_argument("--memory-models", default="smollm2-135m:100/2000,qwen2.5-coder-1.5b:100/500",
+                        help="laser_memory row: model:items/items,...")
+    parser.add_argument("--memory-model", default="smollm2-135m", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-items", type=int, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--gpu-layers", type=int, default=8)
     parser.add_argument("--ray-layers", type=int, default=8, help="deepest layers in the Ray row's sweep (0: all)")
     parser.add_argument("--scaling-models", default="smollm2-135m,gemma3-270m")
@@ -596,7 +653,9 @@ def main() -> int:
     text = table(res, args)
     OUT.mkdir(exist_ok=True)
     # a subset of rows (--only) gets its own files: the full run's table stays one run's numbers
-    stem = f"bench-{args.model}" + ("" if set(res) == set(ROWS) else "-" + "-".join(res))
+    stem = f"bench-{args.model}" + ("" if set(res) == {r for r in ROWS if not r.endswith("_one")} else "-" + "-".join(res))
+    if any(os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")):
+        stem += "-isa-capped"  # this CPU made to behave like an older one: its own section
     (OUT / f"{stem}.md").write_text(text + "\n")
     (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
     save_section(HERE / "RESULTS.md", stem, text)

@@ -35,6 +35,8 @@ def test_estimate_is_work_over_the_speed_measured_here():
     slow = estimate.plan_estimate(plan, "quick", calibrate=lambda m, d: 0.5, costs=costs)
     text = estimate.summary(slow)
     assert "WARNING: that is more than 2 hours" in text and "PROFILE=smoke" in text and "GPU" in text
+    unknown = estimate.plan_estimate(plan, "quick", calibrate=calibrate, costs={})
+    assert "total unknown" in estimate.summary(unknown)
 
 
 def test_costs_are_written_from_a_cold_runs_timings_and_read_back(tmp_path):

@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from layerlab import distributed, laser, models, rank, results
+from layerlab import distributed, laser, models, rank, ray_tasks, results
 from tiny import facts_file, tiny_model
 
 
@@ -22,7 +22,7 @@ class _Ref:
 
 
 class FakeRay(types.ModuleType):
-    """Enough of ``ray`` for distributed.py: tasks run when ``get`` asks for them."""
+    """Enough of ``ray`` for distributed.py and ray_tasks.py: tasks run when ``get`` asks for them."""
 
     def __init__(self, gpus: int = 0, cpus: int = 4):
         super().__init__("ray")
@@ -109,7 +109,7 @@ POINTS = [[]] + [[rank.Reduction("mlp_in", layer, 0.5)] for layer in range(4)]
 def test_a_driver_without_a_gpu_plans_gpu_workers_from_a_probe(tmp_path, model_dir, monkeypatch):
     fake = FakeRay(gpus=2)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(distributed, "_probe", _gpu_probe)
+    monkeypatch.setattr(ray_tasks, "_probe", _gpu_probe)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the driver has no GPU
     shard = _storing_shard()
     monkeypatch.setattr(distributed, "_laser_shard", shard)
@@ -124,7 +124,7 @@ def test_a_driver_without_a_gpu_plans_gpu_workers_from_a_probe(tmp_path, model_d
 def test_a_runtime_that_differs_is_refused_before_any_task(tmp_path, model_dir, monkeypatch):
     fake = FakeRay(gpus=1)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(distributed, "_probe", _gpu_probe)
+    monkeypatch.setattr(ray_tasks, "_probe", _gpu_probe)
     shard = _storing_shard()
     monkeypatch.setattr(distributed, "_laser_shard", shard)
     here = models.runtime_of(torch.float32, "cpu", models.fingerprint(model_dir))
@@ -137,7 +137,7 @@ def test_a_runtime_that_differs_is_refused_before_any_task(tmp_path, model_dir, 
 def test_workers_with_other_package_versions_are_refused_before_any_task(tmp_path, model_dir, monkeypatch):
     fake = FakeRay(gpus=1)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(distributed, "_probe", lambda device, dtype, env=None: {
+    monkeypatch.setattr(ray_tasks, "_probe", lambda device, dtype, env=None: {
         **_gpu_probe(device, dtype), "versions": {**models.package_versions(), "torch": "0.0.1"}})
     with pytest.raises(RuntimeError, match="other package versions.*torch: workers 0.0.1"):
         distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
@@ -148,7 +148,7 @@ def test_workers_with_other_package_versions_are_refused_before_any_task(tmp_pat
 def test_an_out_of_memory_shard_runs_again_with_a_smaller_chunk(tmp_path, model_dir, monkeypatch):
     fake = FakeRay(gpus=2)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(distributed, "_probe", _gpu_probe)
+    monkeypatch.setattr(ray_tasks, "_probe", _gpu_probe)
     shard = _storing_shard({0: ((0, 1), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))})
     shard.fail_marker[0] = []  # the shard holding the base point runs out of memory twice
     monkeypatch.setattr(distributed, "_laser_shard", shard)
@@ -163,7 +163,7 @@ def test_an_out_of_memory_shard_runs_again_with_a_smaller_chunk(tmp_path, model_
 def test_a_failed_shard_is_reported_and_the_others_points_stay_stored(tmp_path, model_dir, monkeypatch):
     fake = FakeRay(gpus=2)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(distributed, "_probe", _gpu_probe)
+    monkeypatch.setattr(ray_tasks, "_probe", _gpu_probe)
     shard = _storing_shard({0: ((0, 1, 2, 3), torch.OutOfMemoryError("CUDA out of memory"))})
     shard.fail_marker[0] = []
     monkeypatch.setattr(distributed, "_laser_shard", shard)

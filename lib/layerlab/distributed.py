@@ -14,14 +14,14 @@ item). Each shard is one task that loads the model itself by name or path (only 
 numbers and paths go through the object store), asks for one GPU when the cluster has GPUs
 and else an equal share of a node's CPUs, runs in a fresh worker process (``max_calls=1``:
 its memory, GPU memory included, goes back when it ends), and is retried when its worker
-dies (``MAX_RETRIES``). A retried or duplicated task recomputes only what is not stored.
+dies (``ray_tasks.MAX_RETRIES``). A retried or duplicated task recomputes only what is not stored.
 
 Before any shard starts, one probe task with the shards' resources reports what a worker
 resolves (dtype for "auto", device type, the GPU's name, package versions): the driver
 needs no GPU of its own to plan GPU workers, and a runtime that differs from the one the
 caller expects (``expected_runtime``, e.g. ``models.runtime`` of the notebook's model) is
 refused before any work. A shard that runs out of memory (CUDA or host) is run again with a
-smaller chunk (half the tokens per batch, or half the batch size; ``OOM_RETRIES`` times);
+smaller chunk (half the tokens per batch, or half the batch size; ``ray_tasks.OOM_RETRIES`` times);
 a shard that still fails does not cancel the others: they finish, every finished point
 stays stored, and one error names each failed shard and how to resume.
 
@@ -32,24 +32,17 @@ dir) at a path every node sees.
 
 from __future__ import annotations
 
-import heapq
-import os
 import socket
 import types
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from . import data, laser, models, painters, rank, results
+from . import data, laser, models, painters, rank, ray_tasks, results
+from .ray_tasks import balance, is_out_of_memory  # noqa: F401  (re-exported)
 
 EXECUTORS = ("local", "ray")
-MAX_RETRIES = 3
-OOM_RETRIES = 3  # a shard out of memory runs again with half the chunk, this many times
-# driver settings a worker needs to read the same files the same way
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM",
-                 "LAYERLAB_DATA", "LAYERLAB_CACHE")
 LASER_TASK, PAINTERS_TASK = "layerlab_laser", "layerlab_painters"  # Ray task names (process titles ray::<name>)
 
 
@@ -111,11 +104,11 @@ def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=No
     of the CPUs that fits on the smallest node (Ray sets OMP_NUM_THREADS to it)."""
     if executor == "local" and loaded is not None:
         dev = next(loaded[0].parameters()).device
-        return models.runtime(loaded[0]), 0, {}, _gpu_name(dev)
+        return models.runtime(loaded[0]), 0, {}, ray_tasks.gpu_name(dev)
     if executor == "local":
         dev = models.resolve_device(device)
         return (models.runtime_of(models.resolve_dtype(dtype, dev), dev.type, models.fingerprint(model)), 0, {},
-                _gpu_name(dev))
+                ray_tasks.gpu_name(dev))
     import ray
 
     if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -135,7 +128,7 @@ def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=No
         n = workers or len(node_cpus)
         resources, worker_device = {"num_cpus": max(1, min(min(node_cpus), sum(node_cpus) // n))}, "cpu"
     # what a worker resolves (dtype "auto" depends on its GPU or CPU, not on the driver's)
-    probe = _probe_workers(worker_device, dtype, resources)
+    probe = ray_tasks.probe_workers(worker_device, dtype, resources)
     here = models.package_versions()
     if probe["versions"] != here:
         diff = {k: (probe["versions"].get(k), here.get(k)) for k in sorted(set(here) | set(probe["versions"]))
@@ -148,32 +141,6 @@ def _plan(executor: str, device: str, dtype: str, workers: int | None, loaded=No
     return runtime, n, resources, probe["gpu"]
 
 
-def _gpu_name(device: torch.device) -> str | None:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
-
-
-def _probe(device: str, dtype: str, env: dict | None = None) -> dict:
-    """In a worker: the device type and dtype it resolves, its GPU's name and package versions."""
-    _start(env, None)
-    dev = models.resolve_device(device)
-    resolved = models.resolve_dtype(dtype, dev)
-    return {"dtype": str(resolved).removeprefix("torch."), "device": dev.type, "gpu": _gpu_name(dev),
-            "host": socket.gethostname(), "versions": models.package_versions()}
-
-
-def _probe_workers(device: str, dtype: str, resources: dict) -> dict:
-    """Run ``_probe`` once as a Ray task with the shards' resources (before any shard)."""
-    import ray
-
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    remote = ray.remote(max_calls=1, max_retries=MAX_RETRIES)(_probe).options(name="layerlab_probe", **resources)
-    try:
-        return ray.get(remote.remote(device, dtype, env=env))
-    except Exception as err:  # noqa: BLE001  (a worker's error, re-raised with what was asked)
-        raise RuntimeError(f"the Ray probe task (device {device!r}, dtype {dtype!r}, resources {resources}) "
-                           f"failed before any shard started: {err}") from err
-
-
 def _key_model(runtime: dict):
     """Stands in for a model where only ``models.runtime`` reads it, so that the driver
     computes the keys of points with the techniques' own key code, loading no model."""
@@ -182,92 +149,7 @@ def _key_model(runtime: dict):
                                  layerlab_gpu=runtime.get("gpu"))
 
 
-def balance(costs: Sequence[float], n: int) -> list[list[int]]:
-    """Indices 0..len(costs)-1 in at most ``n`` groups of near-equal total cost (longest
-    processing time first: each item, costliest first, joins the group with the least
-    total so far). Each index appears once; groups keep ascending order; none is empty."""
-    heap = [(0.0, g) for g in range(max(1, n))]
-    groups: list[list[int]] = [[] for _ in heap]
-    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
-        load, g = heapq.heappop(heap)
-        groups[g].append(i)
-        heapq.heappush(heap, (load + costs[i], g))
-    return [sorted(g) for g in groups if g]
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether a task's error is an out-of-memory error: CUDA's (``torch.OutOfMemoryError``,
-    raised through Ray as a subclass) or Ray's own memory monitor killing the worker."""
-    names = {c.__name__ for c in type(err).__mro__}
-    text = str(err)
-    return "OutOfMemoryError" in names or "CUDA out of memory" in text \
-        or "OutOfMemoryError" in text
-
-
-def _run_on_ray(fn, name: str, shard_args: list[tuple], resources: dict, store: results.ResultStore,
-                technique: str, keys: set[str], progress: bool) -> None:
-    """One Ray task per shard; waits for all, showing stored points. A shard out of memory
-    runs again with ``shrink`` + 1 (half the chunk), up to ``OOM_RETRIES`` times; other
-    failures do not cancel the rest: every shard runs to its end (each stores its points
-    as it goes), then one error lists the failed shards. An interrupt cancels every shard."""
-    import ray
-    from tqdm import tqdm
-
-    # the driver's settings travel as an argument: a runtime_env would cost every task a new worker
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    marker = store.root / f".run-{uuid.uuid4().hex}"  # the workers check that they see this results_dir
-    marker.touch()
-    remote = ray.remote(max_calls=1, max_retries=MAX_RETRIES, retry_exceptions=False)(fn).options(name=name, **resources)
-
-    def submit(i: int, shrink: int):
-        return remote.remote(*shard_args[i], env=env, marker=str(marker), shrink=shrink)
-
-    running = {submit(i, 0): (i, 0) for i in range(len(shard_args))}
-    failed: list[tuple[int, int, BaseException]] = []
-    bar = tqdm(total=len(keys), desc=f"{name} on Ray ({len(running)} tasks)", disable=not progress, mininterval=10)
-    try:
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1, timeout=10)
-            for ref in done:
-                i, shrink = running.pop(ref)
-                try:
-                    ray.get(ref)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as err:  # noqa: BLE001  (reported below, with every other failure)
-                    if is_out_of_memory(err) and shrink < OOM_RETRIES:
-                        running[submit(i, shrink + 1)] = (i, shrink + 1)
-                    else:
-                        failed.append((i, shrink, err))
-            bar.update(len(keys & store.keys(technique)) - bar.n)
-    finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
-        bar.close()
-        marker.unlink(missing_ok=True)
-    if failed:
-        stored = len(keys & store.keys(technique))
-        lines = [f"shard {i + 1}/{len(shard_args)}" + (f" (chunk 1/{2 ** shrink})" if shrink else "")
-                 + f": {'out of memory' if is_out_of_memory(err) else type(err).__name__}: "
-                 + (str(err).strip().splitlines() or [""])[-1][:300] for i, shrink, err in failed]
-        raise RuntimeError(f"{name}: {len(failed)} of {len(shard_args)} Ray tasks failed; {stored} of {len(keys)} "
-                           f"points are stored in {store.root} and stay there (run again to compute only the "
-                           "rest" + (", with fewer items per batch or a smaller model" if any(
-                               is_out_of_memory(e) for *_, e in failed) else "") + "):\n  " + "\n  ".join(lines))
-
-
 # ---------------------------------------------------------------------------- workers
-
-def _start(env: dict | None, marker: str | None) -> None:
-    """In a worker, before anything else: take the driver's settings where this node has none
-    of its own (huggingface_hub reads HF_HUB_OFFLINE when first imported), and refuse to run
-    on a node that does not see the driver's results_dir."""
-    for k, v in (env or {}).items():
-        os.environ.setdefault(k, v)
-    if marker and not Path(marker).exists():
-        raise RuntimeError(f"results_dir: {Path(marker).parent} is not visible on the Ray node "
-                           f"{socket.gethostname()}; put it on storage that every node sees, at the same path")
-
 
 def _load(model: str, device: str, dtype: str):
     """The one place a worker loads (model, tokenizer); registry models are converted once
@@ -288,7 +170,7 @@ def _laser_shard(source: str, model_name: str, dataset: str, points: list[list[d
     do the keys). Returns the number of points."""
     from tqdm import tqdm
 
-    _start(env, marker)
+    ray_tasks.start(env, marker)
     lm, tok = loaded or _load(source, device, dtype)
     task = laser.build_task(dataset, data_dir, limit, seed)
     sweeper = laser.Sweeper(lm, tok, model_name, task, results.ResultStore(results_dir), seed=seed, limit=limit,
@@ -304,7 +186,7 @@ def _painters_shard(source: str, model_name: str, jobs: list[tuple[dict, list[st
     """Run Painters schedules (spec as a dict, benchmarks) through lm-eval; every
     (spec, benchmark) is stored as it finishes, stored ones are skipped. ``shrink``: batch
     size ``batch_size / 2**shrink`` (at least 1)."""
-    _start(env, marker)
+    ray_tasks.start(env, marker)
     batch_size = max(1, batch_size >> shrink)
     lm, tok = loaded or _load(source, device, dtype)
     store = results.ResultStore(results_dir)
@@ -375,8 +257,8 @@ def run_laser_points(model: str, dataset: str, points: Sequence[Sequence[rank.Re
         costs = [sum(n_layers - min((r["layer"] for r in todo[k]), default=n_layers) + 1 for k in ks)
                  for ks in unit_keys]
         order = {k: i for i, k in enumerate(todo)}
-        shards = [sorted((k for u in g for k in unit_keys[u]), key=order.get) for g in balance(costs, n_tasks)]
-        _run_on_ray(_laser_shard, LASER_TASK, [(source, model, dataset, [todo[k] for k in s], *rest) for s in shards],
+        shards = [sorted((k for u in g for k in unit_keys[u]), key=order.get) for g in ray_tasks.balance(costs, n_tasks)]
+        ray_tasks.run_shards(_laser_shard, LASER_TASK, [(source, model, dataset, [todo[k] for k in s], *rest) for s in shards],
                     resources, store, laser.TECHNIQUE, set(todo), progress)
     _check_stored(store, laser.TECHNIQUE, todo)
     return {"points": len(points), "computed": len(todo), "tasks": len(shards), "runtime": runtime, "gpu": gpu}
@@ -419,8 +301,8 @@ def run_painters_specs(model: str, specs: Sequence[painters.Spec], tasks, limits
     if jobs and executor == "local":
         _painters_shard(source, model, jobs, *rest, loaded=loaded)
     elif jobs:
-        shards = balance([_spec_cost(s, ts, limits, n_layers) for s, ts in todo.items()], n_tasks)
-        _run_on_ray(_painters_shard, PAINTERS_TASK, [(source, model, [jobs[i] for i in s], *rest) for s in shards],
+        shards = ray_tasks.balance([_spec_cost(s, ts, limits, n_layers) for s, ts in todo.items()], n_tasks)
+        ray_tasks.run_shards(_painters_shard, PAINTERS_TASK, [(source, model, [jobs[i] for i in s], *rest) for s in shards],
                     resources, store, painters.TECHNIQUE, keys, progress)
     _check_stored(store, painters.TECHNIQUE, keys)
     return {"points": sum(map(len, per_spec.values())), "computed": len(keys), "tasks": len(shards),

@@ -100,6 +100,9 @@ def summary(rows: list[dict], limit_hours: float = 2.0) -> str:
         lines.append(f"[book]   {r['chapter']:<14} {r['model']:<20} {dtype:<9} {est}")
     known = [r["estimate_s"] for r in rows if r["estimate_s"] is not None]
     total = sum(known)
+    if not known:
+        lines.append("[book]   total unknown: no chapter of this plan has a recorded cost (book/costs.json)")
+        return "\n".join(lines)
     more = " (plus the chapters without a recorded cost)" if len(known) < len(rows) else ""
     lines.append(f"[book]   total about {total / 60:.0f} min{more}, then the HTML build (~1-2 min)")
     if total > limit_hours * 3600:
@@ -120,9 +123,11 @@ class Progress:
 
         self.estimates, self.tick, self.index, self._started = estimates, tick, -1, 0.0
         known = sum(e for e in estimates if e)
-        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s est. [{remaining} left]"
-        self.total = tqdm(total=max(known, 1.0), desc="book", bar_format=fmt, position=0, leave=True)
-        self.chapter = tqdm(total=1.0, desc="chapter", bar_format=fmt, position=1, leave=False)
+        self.fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s est. [{remaining} left]"
+        self.unknown_fmt = "{desc}: {elapsed} elapsed (no estimate: no recorded cost)"
+        self.total = tqdm(total=max(known, 1.0), desc="book", bar_format=self.fmt if known else self.unknown_fmt,
+                          position=0, leave=True)
+        self.chapter = tqdm(total=1.0, desc="chapter", bar_format=self.fmt, position=1, leave=False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -140,6 +145,7 @@ class Progress:
         self.index += 1
         self._started = time.time()
         self.chapter.reset(total=max(self.estimates[self.index] or 1.0, 1.0))
+        self.chapter.bar_format = self.fmt if self.estimates[self.index] else self.unknown_fmt
         self.chapter.set_description(name)
 
     def finish(self) -> None:

@@ -49,7 +49,7 @@ def run_sweeps(run: dict, model: str, results_dir: str, data_dir=None, seed: int
                 cfg["rhos"] if full else cfg["other_rhos"])
         limit = laser.limit_for(cfg, ds, full)
         if executor == "ray":
-            ran = distributed.run_laser_points(model, ds, [[]] + [[r] for r in laser.grid(*grid)],
+            distributed.run_laser_points(model, ds, [[]] + [[r] for r in laser.grid(*grid)],
                                                results_dir=results_dir, seed=seed, limit=limit, data_dir=data_dir,
                                                device=device, dtype=dtype, executor=executor,
                                                ray_address=ray_address, workers=workers,

@@ -62,7 +62,7 @@ def chunk_losses(model: nn.Module, chunks: torch.Tensor, edits: Sequence | None 
             with edits_mod.weights_applied(model, edit):
                 rows_logits = runner.finish(model, edits_mod.run(model, state, edit))
             row.append(per_chunk(rows_logits, ids))
-    return np.stack([torch.cat(r).numpy() for r in rows]) / log_v
+    return np.stack([torch.cat(r).cpu().numpy() for r in rows]) / log_v
 
 
 def normalised_loss(model: nn.Module, chunks: torch.Tensor, batch_size: int = 8) -> tuple[float, float]:

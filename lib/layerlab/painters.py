@@ -242,4 +242,4 @@ def hidden_similarity(states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
         vecs = torch.nn.functional.normalize(states[:, b, real[b]].float(), dim=-1)  # [L+1, tokens, d]
         total += torch.einsum("atd,btd->ab", vecs, vecs).double().cpu()
         count += vecs.shape[1]
-    return total.numpy() / count
+    return total.cpu().numpy() / count

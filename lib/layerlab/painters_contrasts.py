@@ -81,7 +81,10 @@ def ends_needed(store, model: str) -> dict:
     t over documents). Not testable when the skip costs are stored as means over documents."""
     t = store.table(LAYER_TABLE)
     mine = t[(t.model == model) & (t.variant == "skip")] if len(t) else t
-    if not len(mine) or "doc" not in mine or mine["doc"].isna().all():
+    if not len(mine):
+        return _row("ends_needed", model, "", "", verdicts.not_testable(
+            "the per-layer skip lens did not run (the full profile runs it, or -p layer_sensitivity True)"))
+    if "doc" not in mine or mine["doc"].isna().all():
         return _row("ends_needed", model, "", "", verdicts.not_testable(
             "per-layer skip costs are stored as means over documents; per-document costs are needed"))
     x = layer_skip_contrast(mine)

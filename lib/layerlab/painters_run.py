@@ -65,7 +65,7 @@ def run_decoder(lm, tok, model: str, store: results.ResultStore, cfg: dict, seed
         s.variant in ("skip", "parallel") or (s.variant == "looped_parallel" and s.loops == 3))}
     spec_tasks = {s: [b for b in useful if b != "gsm8k" or s in gsm_specs] for s in all_specs[1:]}
     if executor == "ray":  # the schedules run as Ray tasks and land in the store; evaluate below reads them
-        ran = distributed.run_painters_specs(model, all_specs[1:], spec_tasks, limits, n_layers=L, results_dir=store.root,
+        distributed.run_painters_specs(model, all_specs[1:], spec_tasks, limits, n_layers=L, results_dir=store.root,
                                              seed=seed, data_dir=data_dir, device=device, dtype=dtype, executor=executor,
                                              ray_address=ray_address, workers=workers,
                                              expected_runtime=models.runtime(lm))

@@ -112,7 +112,7 @@ def doc_distances(states: torch.Tensor) -> pd.DataFrame:
     (``prune.angular_distances`` before its mean over documents, so claims can resample
     documents). states: [L + 1, docs, d] last-token states. Rows doc, n, layer, value."""
     unit = torch.nn.functional.normalize(states.double(), dim=-1)
-    ang = (torch.arccos(torch.einsum("asd,bsd->sab", unit, unit).clamp(-1, 1)) / np.pi).numpy()  # [docs, L+1, L+1]
+    ang = (torch.arccos(torch.einsum("asd,bsd->sab", unit, unit).clamp(-1, 1)) / np.pi).cpu().numpy()  # [docs, L+1, L+1]
     big_l = states.shape[0] - 1
     ns, layers = zip(*[(n, layer) for n in range(1, big_l + 1) for layer in range(big_l - n + 1)])
     ns, layers = np.array(ns), np.array(layers)
