@@ -22,7 +22,7 @@ import transformers as tf
 
 from identities import (TOL, kv_cache_identity, prefix_laser_vs_edited_forward, restores_bit_for_bit,
                         runner_vs_forward, schedule_identities)
-from tiny import ARCH_NAMES, CharTokenizer, facts_file
+from tiny import ARCH_NAMES, CharTokenizer, facts_file, train_bpe
 
 REQUIRE = os.environ.get("LAYERLAB_REQUIRE_CUDA", "").lower() not in ("", "0", "false", "no")
 DEVICE = torch.device(os.environ.get("LAYERLAB_TEST_DEVICE", "cuda"))
@@ -212,17 +212,10 @@ def test_svd_runs_on_the_device_in_float32_and_keeps_originals_on_the_cpu():
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     """A small Llama with a byte-level BPE tokenizer, saved as a checkpoint for ``layerlab.load``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     words = "the capital of france is paris and rome is in italy while berlin lies on a river".split()
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, 12)) for _ in range(300)]
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok = train_bpe(texts, 400)
     config = tf.LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

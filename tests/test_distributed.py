@@ -18,6 +18,7 @@ import torch
 import transformers as tf
 
 import layerlab
+from tiny import train_bpe
 from layerlab import data, distributed, laser, models, painters, rank, results
 
 LASER_KW = dict(seed=0, device="cpu", dtype="float32", progress=False)
@@ -25,16 +26,9 @@ LASER_KW = dict(seed=0, device="cpu", dtype="float32", progress=False)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     texts = [r["prompt"] + " " + r["answer"] for r in data.load("counterfact")[:3000]]
     texts += [r["query"] + " " + " ".join(r["choices"]) for r in data.load("arc_easy")[:1000]]
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1024, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok = train_bpe(texts, 1024)
     config = tf.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

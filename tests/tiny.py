@@ -85,3 +85,16 @@ def facts_file(folder, n: int = 30):
             fh.write(json.dumps({"prompt": "fact " + "".join(rng.choice(list("abcdef"), 5)),
                                  "answer": "".join(rng.choice(list("xyz"), 1 + i % 3))}) + "\n")
     return f
+
+
+def train_bpe(texts, vocab_size: int):
+    """A byte-level BPE tokenizer trained on ``texts`` (no download), "<|endoftext|>" as EOS and pad."""
+    import transformers as tf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tf.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
