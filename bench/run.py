@@ -35,14 +35,15 @@ def peak_mb() -> float:
 
 def laser_setup(n_items: int, model_name: str = "smollm2-135m"):
     import layerlab
-    from layerlab import laser
+    from layerlab.laser import sweep as laser
     model, tok = layerlab.load(model_name)
     task = laser.build_task("counterfact", limit=n_items, seed=0)
     return model, tok, task
 
 
 def grid_of(model, n_rhos: int = 5):
-    from layerlab import arch, laser
+    from layerlab.core import arch
+    from layerlab.laser import sweep as laser
     rhos = [0.01, 0.05, 0.1, 0.25, 0.5][:n_rhos]
     return laser.grid(["mlp_in", "mlp_out"], range(arch.n_layers(model)), rhos)
 
@@ -50,7 +51,8 @@ def grid_of(model, n_rhos: int = 5):
 def row_laser_layerlab(args) -> dict:
     """The whole sweep through layerlab (SVD cache, prefix cache, batching, results store)."""
     import tempfile
-    from layerlab import laser, results
+    from layerlab.laser import sweep as laser
+    from layerlab.core import results
     model, tok, task = laser_setup(args.items, args.model)
     grid = grid_of(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +74,7 @@ def row_laser_bound(args) -> dict:
     the number of configurations starting there."""
     import collections
     import torch
-    from layerlab import runner, scoring
+    from layerlab.core import runner, scoring
     model, tok, task = laser_setup(args.items, args.model)
     grid = grid_of(model)
     per_layer = collections.Counter(g.layer for g in grid)
@@ -99,7 +101,8 @@ def _naive(args, batched: bool) -> dict:
     import numpy as np
     import torch
     import layerlab
-    from layerlab import arch, rank, scoring
+    from layerlab.core import arch, scoring
+    from layerlab.laser import rank
     model, tok, task = laser_setup(args.items, args.model)
     grid = grid_of(model)
     sample = [grid[i] for i in np.linspace(0, len(grid) - 1, args.naive_sample).round().astype(int)]
@@ -131,7 +134,8 @@ def row_laser_naive_batched(args) -> dict:
 
 def _doc_batches(tok, n_docs: int = 64) -> list[tuple]:
     """The first n_docs C4 documents, 128 tokens, in (input_ids, attention_mask) batches of 16."""
-    from layerlab import data, prune
+    from layerlab.core import data
+    from layerlab.prune import blocks as prune
     return prune.text_batches(tok, [r["text"] for r in data.load("c4")][:n_docs], max_length=128)
 
 
@@ -142,7 +146,7 @@ def _distance_inputs(args):
 
 
 def row_distances_one_pass(args) -> dict:
-    from layerlab import prune
+    from layerlab.prune import blocks as prune
     model, batches = _distance_inputs(args)
     start = time.perf_counter()
     prune.angular_distances(prune.last_token_states(model, batches))
@@ -154,7 +158,7 @@ def row_distances_per_n(args) -> dict:
     to get x_l and x_{l+n} for every l."""
     import math
     import torch
-    from layerlab import arch
+    from layerlab.core import arch
     model, batches = _distance_inputs(args)
     n_layers = arch.n_layers(model)
     start = time.perf_counter()
@@ -172,7 +176,8 @@ def row_distances_per_n(args) -> dict:
 
 def _painters_inputs(args):
     import layerlab
-    from layerlab import arch, data, painters, scoring
+    from layerlab.core import arch, data, scoring
+    from layerlab.painters import grid as painters
     model, tok = layerlab.load(args.model)
     rows = data.load("arc_easy")[: args.painters_items]
     contexts = [f"Question: {r['query']}\nAnswer:" for r in rows for _ in r["choices"]]
@@ -185,7 +190,7 @@ def _painters_inputs(args):
 
 
 def row_painters_shared(args) -> dict:
-    from layerlab import schedule, scoring
+    from layerlab.core import schedule, scoring
     model, batches, n_rows, specs, n_layers = _painters_inputs(args)
     start = time.perf_counter()
     scorer = scoring.PrefixScorer(model, batches, n_rows)  # one capture, prefixes reused
@@ -196,7 +201,7 @@ def row_painters_shared(args) -> dict:
 
 
 def row_painters_recomputed(args) -> dict:
-    from layerlab import schedule, scoring
+    from layerlab.core import schedule, scoring
     model, batches, n_rows, specs, n_layers = _painters_inputs(args)
     start = time.perf_counter()
     for s in specs:
@@ -209,7 +214,8 @@ def row_svd(args) -> dict:
     """SVD time of the model's MLP matrices: one per matrix (reused for every rho) vs one per rho."""
     import torch
     import layerlab
-    from layerlab import arch, rank
+    from layerlab.core import arch
+    from layerlab.laser import rank
     model, _ = layerlab.load(args.model)
     keys = [(t, l) for l in range(arch.n_layers(model)) for t in ("mlp_in", "mlp_out")]
     start = time.perf_counter()
@@ -234,7 +240,8 @@ def row_gpu(args) -> dict:
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA GPU"}
     import transformers as tf
-    from layerlab import rank, runner
+    from layerlab.laser import rank
+    from layerlab.core import runner
     cfg = tf.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.gpu_layers,
                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
     with torch.device("cuda"):
@@ -271,7 +278,8 @@ def row_ray(args) -> dict:
     import tempfile
     import ray
     from transformers import AutoConfig
-    from layerlab import distributed, laser, models
+    from layerlab.core import distributed, models
+    from layerlab.laser import sweep as laser
     n_layers = AutoConfig.from_pretrained(models.resolve(args.model)).num_hidden_layers  # converts once, untimed
     layers = range(n_layers - (args.ray_layers or n_layers), n_layers)
     points = [[]] + [[g] for g in laser.grid(["mlp_in", "mlp_out"], layers, [0.01, 0.05, 0.1, 0.25, 0.5])]
@@ -304,7 +312,9 @@ def row_scaling(args) -> dict:
     import tempfile
     import numpy as np
     import layerlab
-    from layerlab import arch, laser, prune, rank, results
+    from layerlab.core import arch, results
+    from layerlab.laser import sweep as laser, rank
+    from layerlab.prune import blocks as prune
     out = []
     for name in args.scaling_models.split(","):
         model, tok = layerlab.load(name)
@@ -353,8 +363,8 @@ def row_lm_eval_head(args) -> dict:
     from lm_eval.tasks import TaskManager
 
     import layerlab
-    from layerlab import evaluation
-    from layerlab.lm_eval_model import ScoredPositionsLM
+    from layerlab.core import evaluation
+    from layerlab.core.lm_eval_model import ScoredPositionsLM
     model, tok = layerlab.load(args.head_model, dtype="bfloat16")
     manager = TaskManager(include_path=str(evaluation.prepare_tasks()), include_defaults=False)
 
@@ -376,7 +386,7 @@ def row_lm_eval_head(args) -> dict:
 
 def _count_block_tokens(model) -> tuple[list, list]:
     """Forward pre-hooks on every block adding up batch x length of each call: (handles, [total])."""
-    from layerlab import arch
+    from layerlab.core import arch
     total = [0]
 
     def hook(module, args, kwargs):
@@ -393,7 +403,8 @@ def row_prune_curve_passes(args) -> dict:
     plain pass's (L x tokens), and its seconds over the plain pass's."""
     import numpy as np
     import layerlab
-    from layerlab import arch, data, edits, evaluation, prefix_eval, prune, prune_curve, schedule
+    from layerlab.core import arch, data, edits, evaluation, prefix_eval, schedule
+    from layerlab.prune import blocks as prune, curve as prune_curve
     model, tok = layerlab.load(args.curve_model, dtype=args.curve_dtype)
     L = arch.n_layers(model)
     docs = [r["text"] for r in data.load("c4")][:32]
@@ -449,7 +460,8 @@ def row_laser_memory_one(args) -> dict:
     the weights' size; peak RSS is added by the caller's process."""
     import tempfile
     import layerlab
-    from layerlab import arch, laser, results
+    from layerlab.core import arch, results
+    from layerlab.laser import sweep as laser
     model, tok = layerlab.load(args.memory_model)
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     task = laser.build_task("counterfact", limit=args.memory_items, seed=0)
@@ -509,7 +521,7 @@ def table(res: dict, args) -> str:
     def s(name):
         return res.get(name, {}).get("seconds", float("nan"))
 
-    from layerlab.machine import machine_info
+    from layerlab.core.machine import machine_info
     info = machine_info()
     lines = [f"Benchmarks for `{args.model}` on {info['cpu']} ({info['cpu_cores']} cores; {info['cpu_flags']}; native "
              f"bf16: {'yes' if info['native_bf16'] else 'no'}; dtype auto = {info['auto_dtype']}; torch kernels "

@@ -1,4 +1,4 @@
-"""Write lib/layerlab/data_manifest.json from ../shared/data/SHA256SUMS and the source
+"""Write lib/layerlab/core/data_manifest.json from ../shared/data/SHA256SUMS and the source
 table below (transcribed from ../shared/data/SOURCES.md). Run again when either changes.
 
 Each entry: path in the data dir, sha256, and either a public source (repo, commit,
@@ -79,7 +79,7 @@ for path, digest in sorted(sums.items()):
         entry.update(note="licence or documentation file; see SOURCES.md for its origin")
     entries.append(entry)
 
-out = ROOT / "lib" / "layerlab" / "data_manifest.json"
+out = ROOT / "lib" / "layerlab" / "core" / "data_manifest.json"
 out.write_text(json.dumps({"files": entries}, indent=1) + "\n")
 print(f"wrote {out}: {len(entries)} files, "
       f"{sum('repo' in e for e in entries)} fetchable, {sum('derived' in e for e in entries)} derived")

@@ -189,7 +189,8 @@ def step_laser(report: Report, model, tok, tol: float, workdir: Path, n_items: i
     import numpy as np
     import torch
 
-    from layerlab import arch, laser, rank, results, scoring
+    from layerlab.core import arch, results, scoring
+    from layerlab.laser import sweep as laser, rank
 
     with report.step("laser: capture, SVD, prefix vs edited forward, restore") as row:
         facts = workdir / "facts.jsonl"
@@ -240,7 +241,8 @@ def step_prune(report: Report, model, tok, tol: float, distance_tol: float) -> N
     import numpy as np
     import torch
 
-    from layerlab import arch, lm_loss, prune, reference
+    from layerlab.core import arch, lm_loss, reference
+    from layerlab.prune import blocks as prune
 
     texts = sentences(8, 2, words=20)
     with report.step("prune: distances vs reference, one drop, held-out loss") as row:
@@ -270,7 +272,7 @@ def step_prune(report: Report, model, tok, tol: float, distance_tol: float) -> N
 def step_painters(report: Report, model, tok, tol: float) -> None:
     import torch
 
-    from layerlab import arch, reference, runner, schedule
+    from layerlab.core import arch, reference, runner, schedule
 
     with report.step("painters: runner vs scheduled model vs reference, KV-cache generation") as row:
         n = arch.n_layers(model)
@@ -305,8 +307,8 @@ def step_lm_eval(report: Report, model, tok, tol: float) -> None:
     import torch
     from lm_eval.api.instance import Instance
 
-    from layerlab import scoring
-    from layerlab.lm_eval_model import ScoredPositionsLM
+    from layerlab.core import scoring
+    from layerlab.core.lm_eval_model import ScoredPositionsLM
 
     with report.step("lm-eval: ScoredPositionsLM vs scoring.score_full") as row:
         rng = random.Random(5)
@@ -324,7 +326,8 @@ def step_lm_eval(report: Report, model, tok, tol: float) -> None:
 def step_heal(report: Report, model, tok) -> None:
     import torch
 
-    from layerlab import arch, healing, prune
+    from layerlab.core import arch
+    from layerlab.prune import healing, blocks as prune
 
     with report.step("healing: two LoRA steps and the float32 merge (on a pruned copy)") as row:
         n = arch.n_layers(model)
@@ -364,7 +367,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from layerlab import models
+    from layerlab.core import models
 
     if args.mode == "gpu" and not torch.cuda.is_available():
         print("gpu-check: --mode gpu needs a CUDA GPU and a CUDA build of torch; none here "

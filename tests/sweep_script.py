@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from layerlab import results, runner
+from layerlab.core import results, runner
 from tiny import N_LAYERS, tiny_batch, tiny_model
 
 store = results.ResultStore(sys.argv[1])

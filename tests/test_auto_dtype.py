@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from layerlab import models
+from layerlab.core import models
 
 
 @pytest.fixture

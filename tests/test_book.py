@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from layerlab import book
+from layerlab.book import build as book
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

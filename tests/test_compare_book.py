@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab import book, compare, results, verdicts
+from layerlab.book import build as book, compare
+from layerlab.core import results, verdicts
 
 
 def _store_with_results(tmp_path):
@@ -57,7 +58,7 @@ def test_claims_report_the_paired_difference_and_a_verdict(tmp_path):
 
 
 def test_deep_end_share_counts_blocks_whose_centre_is_in_the_deeper_half():
-    from layerlab import prune
+    from layerlab.prune import blocks as prune
     deep = pd.DataFrame({"n": [1, 2, 3, 4, 6], "l*": [8, 7, 0, 6, 0]})  # 10 layers; n = 6 > 10 // 2 is left out
     assert prune.deep_end_share(deep, 10) == pytest.approx(3 / 4)  # centres 8.5, 8, 1.5, 8
     shallow = pd.DataFrame({"n": [1, 2], "l*": [0, 1]})
@@ -138,7 +139,7 @@ def test_verdict_counts_count_each_claim_once():
 def test_chart_html_survives_a_percent_sign_in_the_title():
     import altair as alt
 
-    from layerlab import charts
+    from layerlab.book import charts
     chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_line().encode(x="x", y="y").properties(
         title="accuracy (%) at 50% of the layers")
     page = charts.html(chart)

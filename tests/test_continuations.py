@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from layerlab import scoring
+from layerlab.core import scoring
 
 spm = pytest.importorskip("sentencepiece")
 

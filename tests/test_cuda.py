@@ -127,7 +127,7 @@ def test_kv_cache_on_tiny_models(name, dtype):
 @pytest.mark.parametrize("dtype", _gpu_dtypes())
 @pytest.mark.parametrize("name", list(WIDE))
 def test_runner_reproduces_sdpa_models_at_width_1024(name, dtype):
-    from layerlab import runner
+    from layerlab.core import runner
 
     model = wide_model(name, dtype)
     assert model.config._attn_implementation == "sdpa"
@@ -148,8 +148,8 @@ def test_runner_reproduces_sdpa_models_at_width_1024(name, dtype):
 def test_parallel_groups_give_one_answer_at_width_1024(name, dtype):
     """Runner and scheduled model share schedule.accumulate: the same numbers, and the KV
     cache decodes the same tokens as no cache."""
-    from layerlab import runner, schedule
-    from layerlab.schedule import Parallel
+    from layerlab.core import runner, schedule
+    from layerlab.core.schedule import Parallel
 
     model = wide_model(name, dtype)
     ids, mask = wide_batch()
@@ -169,7 +169,8 @@ def test_parallel_groups_give_one_answer_at_width_1024(name, dtype):
 
 @pytest.mark.parametrize("dtype", _gpu_dtypes())
 def test_prefix_cached_laser_matches_the_edited_model_at_width_1024(tmp_path, dtype):
-    from layerlab import arch, laser, rank, results, scoring
+    from layerlab.core import arch, results, scoring
+    from layerlab.laser import sweep as laser, rank
 
     model = wide_model("llama", dtype)
     task = laser.build_task(str(facts_file(tmp_path, 24)))
@@ -191,7 +192,8 @@ def test_prefix_cached_laser_matches_the_edited_model_at_width_1024(tmp_path, dt
 
 
 def test_svd_runs_on_the_device_in_float32_and_keeps_originals_on_the_cpu():
-    from layerlab import arch, rank
+    from layerlab.core import arch
+    from layerlab.laser import rank
 
     model = wide_model("llama", torch.bfloat16)
     cache = rank.SVDCache(model)
@@ -229,7 +231,7 @@ def model_folder(tmp_path_factory):
 
 def test_load_puts_the_model_on_the_gpu_in_the_dtype_auto_picks(model_folder):
     import layerlab
-    from layerlab import models
+    from layerlab.core import models
 
     model, tok = layerlab.load(model_folder, device=str(DEVICE))
     p = next(model.parameters())
@@ -245,8 +247,8 @@ def test_scored_positions_lm_agrees_with_the_library_scores_on_the_gpu(model_fol
     from lm_eval.api.instance import Instance
 
     import layerlab
-    from layerlab import scoring
-    from layerlab.lm_eval_model import ScoredPositionsLM
+    from layerlab.core import scoring
+    from layerlab.core.lm_eval_model import ScoredPositionsLM
 
     model, tok = layerlab.load(model_folder, device=str(DEVICE))
     pairs = [("the capital of france is", " paris"), ("rome is in", " italy"), ("berlin lies on a", " river"),
@@ -265,7 +267,7 @@ def test_scored_positions_lm_agrees_with_the_library_scores_on_the_gpu(model_fol
 
 def test_last_token_states_on_the_gpu_match_the_cpu(model_folder):
     import layerlab
-    from layerlab import prune
+    from layerlab.prune import blocks as prune
 
     model, tok = layerlab.load(model_folder, device=str(DEVICE), dtype="float32")
     cpu_model, _ = layerlab.load(model_folder, device="cpu", dtype="float32")
@@ -280,7 +282,8 @@ def test_last_token_states_on_the_gpu_match_the_cpu(model_folder):
 
 
 def test_painters_similarity_stays_off_the_device_in_float64():
-    from layerlab import painters, runner
+    from layerlab.painters import grid as painters
+    from layerlab.core import runner
 
     model = wide_model("llama", torch.bfloat16)
     ids, mask = wide_batch(batch=4, seq=128)
@@ -302,7 +305,8 @@ def test_painters_similarity_stays_off_the_device_in_float64():
 
 
 def test_pruned_copy_on_the_gpu_costs_the_kept_blocks_only():
-    from layerlab import arch, prune, runner
+    from layerlab.core import arch, runner
+    from layerlab.prune import blocks as prune
 
     model = wide_model("llama", torch.bfloat16)
     full = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -325,7 +329,8 @@ def test_pruned_copy_on_the_gpu_costs_the_kept_blocks_only():
 def test_healing_on_the_gpu_merges_in_float32():
     from peft import LoraConfig, get_peft_model
 
-    from layerlab import arch, healing, prune
+    from layerlab.core import arch
+    from layerlab.prune import healing, blocks as prune
 
     model = wide_model("llama", torch.bfloat16)
     work = prune.pruned_copy(model, [2])
@@ -352,8 +357,8 @@ def test_healing_on_the_gpu_merges_in_float32():
 
 @pytest.mark.parametrize("dtype", _gpu_dtypes())
 def test_sokoban_agent_trains_and_plays_on_the_device(tmp_path, dtype):
-    from layerlab import decision_agent as da
-    from layerlab import results
+    from layerlab.laser import decision_agent as da
+    from layerlab.core import results
 
     env = da.EnvConfig(size=7, n_boxes=1, tries=2, reverse_steps=30, step_limit=12)
     agent = da.AgentConfig(width=64, depth=2, heads=2, context=3, n_train=30, steps=30, batch=16,

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from layerlab import arch, decision, rank, results, sokoban, verdicts
-from layerlab import decision_agent as da
+from layerlab.core import arch, results, verdicts
+from layerlab.laser import decision, rank, sokoban
+from layerlab.laser import decision_agent as da
 
 ENV = da.EnvConfig(size=7, n_boxes=1, tries=2, reverse_steps=30, step_limit=12)
 AGENT = da.AgentConfig(width=16, depth=2, heads=2, context=3, n_train=30, steps=20, batch=16, checkpoint_every=10,

@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab import compare, decision, decision_claims, results, verdicts
+from layerlab.book import compare
+from layerlab.laser import decision, decision_claims
+from layerlab.core import results, verdicts
 
 
 def put_seed(store, seed, base_solved, laser_solved, base_return=None, laser_return=None, best="mlp_in@1:0.1",

@@ -19,7 +19,9 @@ import transformers as tf
 
 import layerlab
 from tiny import train_bpe
-from layerlab import data, distributed, laser, models, painters, rank, results
+from layerlab.core import data, distributed, models, results
+from layerlab.laser import sweep as laser, rank
+from layerlab.painters import grid as painters
 
 LASER_KW = dict(seed=0, device="cpu", dtype="float32", progress=False)
 
@@ -179,7 +181,7 @@ def test_a_worker_killed_mid_task_is_retried_and_every_point_is_stored_once(mode
 def test_bad_ray_address_is_a_clear_error_before_any_model_load(tmp_path, monkeypatch):
     loads = []
     monkeypatch.setattr(distributed, "_load", lambda *a: loads.append(a))
-    monkeypatch.setattr(layerlab.models, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(layerlab.core.models, "load", lambda *a, **k: loads.append(a))
     with socket.socket() as s:  # a port on which nothing listens
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

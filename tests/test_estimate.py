@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from layerlab import book, estimate, machine, results
+from layerlab.book import build as book, estimate
+from layerlab.core import machine, results
 
 
 def test_the_quick_plan_forces_no_dtype_and_dtype_overrides_only_language_models():

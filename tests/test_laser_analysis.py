@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerlab import laser, laser_analysis, rank, results, scoring
+from layerlab.laser import sweep as laser, analysis as laser_analysis, rank
+from layerlab.core import results, scoring
 from tiny import CharTokenizer, facts_file, tiny_model
 
 
@@ -58,7 +59,8 @@ def _frame(full_generic, removed_generic, cos_full, cos_removed, group="correcte
 
 
 def test_fig5_follows_the_paper_full_matrix_generic_removed_closer():
-    from layerlab import papers, verdicts
+    from layerlab.core import papers
+    from layerlab.core import verdicts
     assert "FULL matrix" in papers.LASER_FIG5 and "closer to" in papers.LASER_FIG5
     rng = np.random.default_rng(0)
     n = 60

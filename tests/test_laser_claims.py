@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab import laser, laser_claims, results, verdicts
+from layerlab.laser import sweep as laser, claims as laser_claims
+from layerlab.core import results, verdicts
 
 N_VAL, N_TEST = 20, 80
 PROTO = "val20-test80-seed0-n100-limit100"
@@ -174,7 +175,7 @@ def test_protocols_are_never_mixed(tmp_path):
 
 
 def test_sweeper_rows_carry_their_protocol(tmp_path):
-    from layerlab import rank
+    from layerlab.laser import rank
     from tiny import CharTokenizer, facts_file, tiny_model
 
     task = laser.build_task(str(facts_file(tmp_path)))

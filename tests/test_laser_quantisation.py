@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from layerlab import quantisation
+from layerlab.laser import quantisation
 
 gguf = pytest.importorskip("gguf")
 T = gguf.GGMLQuantizationType

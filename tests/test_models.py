@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import layerlab
-from layerlab import models, runner
+from layerlab.core import models, runner
 from tiny import tiny_batch, tiny_model
 
 
@@ -136,7 +136,7 @@ def test_runtime_has_weights_dtype_device_and_versions():
 
 
 def test_planner_keys_match_the_loaded_model(tmp_path, monkeypatch):
-    from layerlab import distributed
+    from layerlab.core import distributed
 
     monkeypatch.setenv("LAYERLAB_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "model"

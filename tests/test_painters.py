@@ -3,8 +3,9 @@ import pandas as pd
 import pytest
 import torch
 
-from layerlab import painters, painters_encoder, painters_run, results, runner, schedule
-from layerlab.painters import Spec
+from layerlab.painters import grid as painters, encoder as painters_encoder, run as painters_run
+from layerlab.core import results, runner, schedule
+from layerlab.painters.grid import Spec
 from tiny import N_LAYERS, tiny_batch, tiny_model
 
 
@@ -142,7 +143,8 @@ def test_evaluate_matches_lm_eval_on_the_unscheduled_and_the_edited_model(tmp_pa
     """The identity schedule scores as the plain model; skipping the middle scores as the
     model with those blocks really dropped (independent computations through lm-eval)."""
     import layerlab
-    from layerlab import evaluation, prune
+    from layerlab.core import evaluation
+    from layerlab.prune import blocks as prune
     lm, tok = layerlab.load("smollm2-135m")
     store = results.ResultStore(tmp_path)
     limits = {"arc_easy": 8}
@@ -158,7 +160,7 @@ def test_evaluate_matches_lm_eval_on_the_unscheduled_and_the_edited_model(tmp_pa
 
 
 def test_layer_sensitivity_matches_an_independent_edit():
-    from layerlab import prune
+    from layerlab.prune import blocks as prune
     model = tiny_model("llama")
     ids, mask = tiny_batch()
     sens = painters.layer_sensitivity(model, ids, mask)

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab import painters_claims as pc
-from layerlab import verdicts
+from layerlab.painters import claims as pc
+from layerlab.core import verdicts
 
 BENCH = {"arc_easy": 0.25, "hellaswag": 0.25, "winogrande": 0.5}
 
@@ -191,7 +191,8 @@ def test_model_rows_have_the_comparison_columns():
 
 
 def test_claim_rows_read_the_store(tmp_path):
-    from layerlab import painters, results
+    from layerlab.painters import grid as painters
+    from layerlab.core import results
     store = results.ResultStore(tmp_path)
     t = items({("base", 0, 1, 0): 0.8, ("skip", 4, 1, 0): .4, ("random", 4, 1, 0): .6, ("reverse", 4, 1, 0): .5})
     for i, (label, part) in enumerate(t.groupby(["dataset", "variant"])):

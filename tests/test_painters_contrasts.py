@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab import painters_contrasts as pcx
-from layerlab import results, verdicts
+from layerlab.painters import contrasts as pcx
+from layerlab.core import results, verdicts
 
 
 def sims(n_docs, inner, ends, n_layers=8, noise=0.02, seed=0):
@@ -98,7 +98,7 @@ def test_encoder_at_chance_is_not_testable():
 
 
 def test_encoder_rows_read_the_points_items_from_the_store(tmp_path):
-    from layerlab import painters_claims, painters_encoder
+    from layerlab.painters import claims as painters_claims, encoder as painters_encoder
     store = results.ResultStore(tmp_path)
     t = encoder_items({("base", 0, 1): 0.9, ("skip", 2, 1): 0.75})
     for i, ((ds, v), part) in enumerate(t.groupby(["dataset", "variant"])):

@@ -1,6 +1,6 @@
 import pytest
 
-from layerlab import params
+from layerlab.core import params
 
 
 def test_a_string_spelling_a_list_becomes_the_list():

@@ -7,7 +7,9 @@ import pytest
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from layerlab import arch, edits, lm_loss, prefix_eval, prune, rank, runner, schedule
+from layerlab.core import arch, edits, lm_loss, prefix_eval, runner, schedule
+from layerlab.prune import blocks as prune
+from layerlab.laser import rank
 from tiny import N_LAYERS, VOCAB, tiny_batch, tiny_model
 
 BF16 = torch.bfloat16
@@ -173,7 +175,7 @@ def test_lm_eval_edits_equal_lm_eval_on_each_edited_smollm2(dtype):
     """Real lm-eval tasks (a multiple-choice and a cloze one) on smollm2-135m: every edit's
     per-sample log-likelihoods equal plain lm-eval on the edited model."""
     import layerlab
-    from layerlab import evaluation
+    from layerlab.core import evaluation
 
     model, tok = layerlab.load("smollm2-135m", dtype=dtype)
     L = arch.n_layers(model)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from layerlab import arch, laser, rank, results, scoring
+from layerlab.core import arch, results, scoring
+from layerlab.laser import sweep as laser, rank
 from tiny import N_LAYERS, CharTokenizer, facts_file, tiny_model
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from layerlab import arch, prune, runner
+from layerlab.core import arch, runner
+from layerlab.prune import blocks as prune
 from tiny import DECODERS, N_LAYERS, tiny_batch, tiny_model
 
 
@@ -155,7 +156,7 @@ def test_lora_is_merged_in_float32_then_cast():
     adds an update already rounded to bf16 (two roundings, small updates lost)."""
     from peft import LoraConfig, get_peft_model
 
-    from layerlab import healing
+    from layerlab.prune import healing
 
     model = tiny_model("llama", dtype=torch.bfloat16)
     w0 = arch.weight(model, "mlp_in", 0).read().clone()

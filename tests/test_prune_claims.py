@@ -1,12 +1,14 @@
-"""Gromov claim verdicts (layerlab.prune_claims) on constructed tables: every outcome of
+"""Gromov claim verdicts (layerlab.prune.claims) on constructed tables: every outcome of
 every verdict function, and prune.chance_fraction on constructed curves."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab import papers, prune, prune_claims, results, verdicts
-from layerlab.prune_claims import deep_end
+from layerlab.core import papers
+from layerlab.prune import blocks as prune, claims as prune_claims
+from layerlab.core import results, verdicts
+from layerlab.prune.claims import deep_end
 
 
 def acc_curve(points):

@@ -4,7 +4,8 @@ curve orchestration on a tiny model (loss only: no lm-eval task), and the profil
 import pytest
 import torch
 
-from layerlab import healing, lm_loss, prefix_eval, prune, prune_curve, results
+from layerlab.prune import healing, blocks as prune, curve as prune_curve
+from layerlab.core import lm_loss, prefix_eval, results
 from tiny import N_LAYERS, tiny_batch, tiny_model
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab import prune_paired as pp
-from layerlab import verdicts
+from layerlab.prune import paired as pp
+from layerlab.core import verdicts
 
 L = 10  # layers
 

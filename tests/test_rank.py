@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from layerlab import arch, laser, rank, results, scoring
+from layerlab.core import arch, results, scoring
+from layerlab.laser import sweep as laser, rank
 from tiny import ARCH_NAMES, CharTokenizer, facts_file, tiny_batch, tiny_model
 
 
@@ -56,7 +57,7 @@ def test_reductions_compose_and_restore_bit_for_bit(name):
     model = tiny_model(name)
     before = state_hash(model)
     ids, mask = tiny_batch()
-    from layerlab import runner
+    from layerlab.core import runner
     ref = runner.full_logits(model, ids, mask)
     reds = [rank.Reduction(t, layer, 0.25) for t in arch.matrix_types(model)[:3] for layer in (0, 3)]
     cache = rank.SVDCache(model)

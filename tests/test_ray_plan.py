@@ -12,7 +12,8 @@ import types
 import pytest
 import torch
 
-from layerlab import distributed, laser, models, rank, ray_tasks, results
+from layerlab.core import distributed, models, ray_tasks, results
+from layerlab.laser import sweep as laser, rank
 from tiny import facts_file, tiny_model
 
 

@@ -1,10 +1,12 @@
-"""The fast paths against the plain references of each paper (layerlab.reference)."""
+"""The fast paths against the plain references of each paper (layerlab.core.reference)."""
 
 import numpy as np
 import pytest
 import torch
 
-from layerlab import arch, prune, rank, reference, runner, schedule
+from layerlab.core import arch, reference, runner, schedule
+from layerlab.prune import blocks as prune
+from layerlab.laser import rank
 from tiny import DECODERS, N_LAYERS, tiny_batch, tiny_model
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import torch
 
-from layerlab import models, results
+from layerlab.core import models, results
 
 HERE = Path(__file__).parent
 
@@ -144,7 +144,7 @@ def test_the_table_skips_an_unreadable_shard_and_get_names_it(tmp_path):
 def test_a_truncated_laser_shard_is_recomputed_not_fatal(tmp_path):
     """The notebook's failure mode: a truncated shard in results/ used to raise pyarrow's
     'Parquet magic bytes not found in footer'; now the point is computed again."""
-    from layerlab import laser, rank
+    from layerlab.laser import sweep as laser, rank
     from tiny import CharTokenizer, facts_file, tiny_model
 
     model = tiny_model("llama")

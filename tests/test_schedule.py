@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from layerlab import arch, painters, runner, schedule
-from layerlab.schedule import Parallel
+from layerlab.core import arch, runner, schedule
+from layerlab.painters import grid as painters
+from layerlab.core.schedule import Parallel
 from tiny import DECODERS, N_LAYERS, tiny_batch, tiny_model
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import layerlab
-from layerlab import runner
+from layerlab.core import runner
 
 
 @pytest.mark.smoke

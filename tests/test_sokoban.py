@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from layerlab import sokoban
+from layerlab.laser import sokoban
 
 
 def play(level: sokoban.Level, actions) -> tuple[float, bool, sokoban.Batch]:

@@ -1,0 +1,11 @@
+"""Building the book: ``build`` (papermill + Jupyter Book, ``python -m layerlab.book``), ``charts``, ``compare`` (the cross-paper page), ``estimate`` (time before starting)."""
+
+import importlib
+
+SUBMODULES = ("build", "charts", "compare", "estimate")
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

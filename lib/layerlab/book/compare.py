@@ -1,0 +1,116 @@
+"""The cross-paper comparison: one layer axis per model with the three papers' lenses
+(the layer-redundancy atlas), and every headline claim with the paper's number, ours,
+an interval and a verdict. Everything is read from the results store."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from layerlab.painters import claims as painters_claims
+from layerlab.prune import claims as prune_claims
+from layerlab.core import results, verdicts
+from layerlab.prune.claims import holds_then_falls  # noqa: F401  (re-exported: tests call compare.holds_then_falls)
+
+COLUMNS = ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"]
+
+
+def atlas(store: results.ResultStore, model: str, n_block: int = 1) -> pd.DataFrame:
+    """Per layer l of ``model`` (rows: layer, lens, value, description):
+
+    laser_gain: the best CounterFact validation accuracy change (pp) of any single
+        reduction at layer l, within one protocol (the one with the most validation items;
+        the test split is left for the claims); angular_distance: Gromov's d(x_l, x_{l+n}) for n = n_block;
+    skip_cost / swap_cost: normalised loss increase when block l is skipped / swapped with
+        block l + 1 (Painters-style, one layer at a time).
+    """
+    frames = []
+    laser = store.table("laser")
+    if len(laser):
+        cf = laser[(laser.model == model) & (laser.dataset == "counterfact") & (laser.metric == "acc")
+                   & (laser.n_reductions <= 1) & (laser.split == "val")]
+        if len(cf):
+            cf = cf[cf.protocol == cf.groupby("protocol")["n_items"].max().sort_index().idxmax()]
+        pooled = cf.groupby(["matrix_type", "layer", "rho"], as_index=False)["value"].mean().rename(
+            columns={"value": "acc"})
+        base = pooled[pooled.matrix_type == "base"]["acc"]
+        if len(base):
+            gains = pooled[pooled.matrix_type != "base"].groupby("layer", as_index=False)["acc"].max()
+            frames.append(pd.DataFrame({"layer": gains["layer"].astype(int), "lens": "laser_gain",
+                                        "value": 100 * (gains["acc"] - base.iloc[0])}))
+    dist = store.table("prune_distance")
+    if len(dist):
+        d = dist[(dist.model == model) & (dist.n == n_block)]
+        frames.append(pd.DataFrame({"layer": d["layer"].astype(int), "lens": "angular_distance", "value": d["value"]}))
+    sens = store.table("painters_layer")
+    if len(sens):
+        s = sens[sens.model == model]
+        if "doc" in s:
+            s = s[s["doc"].isna()]  # the over-all-tokens rows; per-document rows feed the ends claim
+        for variant, lens in (("skip", "skip_cost"), ("swap_next", "swap_cost")):
+            part = s[s.variant == variant]
+            frames.append(pd.DataFrame({"layer": part["layer"].astype(int), "lens": lens, "value": part["value"]}))
+    if not frames:
+        return pd.DataFrame(columns=["layer", "lens", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def models(store: results.ResultStore) -> list[str]:
+    """Every model with a stored result in any chapter."""
+    found: set[str] = set()
+    for technique in ("laser", "prune_distance", "prune", "painters", "painters_layer"):
+        t = store.table(technique)
+        if len(t):
+            found |= set(t["model"])
+    return sorted(found)
+
+
+def claim_words(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim (paper, claim, model) with its counted verdict word.
+
+    Every verdict must parse to one of the four words (``verdicts.word`` raises
+    otherwise). Rows with ``counted`` False (per-seed rows beside a pooled one, the
+    secondary protocols of a model) are shown but not counted; the model of a labelled row
+    ("m (seed 0)", "m (protocol ...)") is its name before the label. A claim with several
+    counted rows (sizes, n) counts once: the word its testable rows share, inconclusive when
+    they differ, not testable when none is testable."""
+    words = table["verdict"].map(verdicts.word)
+    counted = table["counted"].fillna(True).astype(bool) if "counted" in table else pd.Series(True, table.index)
+    t = table.assign(word=words, model=table["model"].astype(str).str.split(" (", regex=False).str[0])[counted]
+    rows = []
+    for (paper, claim, model), g in t.groupby(["paper", "claim", "model"], sort=False):
+        testable = set(g["word"]) - {verdicts.NOT_TESTABLE}
+        word = (verdicts.NOT_TESTABLE if not testable else testable.pop() if len(testable) == 1
+                else verdicts.INCONCLUSIVE)
+        rows.append({"paper": paper, "claim": claim, "model": model, "word": word, "rows": len(g)})
+    return pd.DataFrame(rows, columns=["paper", "claim", "model", "word", "rows"])
+
+
+def verdict_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Claims (not rows: ``claim_words``) per paper and verdict (rows: paper; columns: the
+    four verdicts, total)."""
+    words = claim_words(table)
+    counts = pd.crosstab(words["paper"], words["word"]).reindex(columns=list(verdicts.VERDICTS), fill_value=0)
+    counts.loc["all papers"] = counts.sum()
+    return counts.assign(total=counts.sum(axis=1))
+
+
+def atlas_correlations(frame: pd.DataFrame) -> pd.DataFrame:
+    """Spearman correlations between the lenses across layers."""
+    wide = frame.pivot_table(index="layer", columns="lens", values="value")
+    return wide.corr(method="spearman")
+
+
+def claims(store: results.ResultStore) -> pd.DataFrame:
+    """Every headline claim of the three papers that the stored results can test: one
+    row per (claim, model) with the paper's number, ours, the interval and a verdict."""
+    from layerlab.laser import claims as laser_claims
+
+    rows = laser_claims.claim_rows(store)
+    rows += prune_claims.claim_rows(store)  # Gromov et al.: the prune chapter's own verdicts
+    rows += painters_claims.claim_rows(store)  # Sun et al.: bootstrap intervals over items
+    from layerlab.laser import decision  # LASER outside language: the Sokoban Decision Transformer (paper Table 2)
+    rows += decision.claim_rows(store)
+    table = pd.DataFrame(rows, columns=COLUMNS + ["counted"])
+    table["counted"] = table["counted"].fillna(True).astype(bool)
+    table["verdict"].map(verdicts.word)
+    return table

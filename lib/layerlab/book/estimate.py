@@ -1,0 +1,200 @@
+"""How long the book will take on this machine, measured before it starts.
+
+A chapter's cost is stored as *work*: the seconds it took on the machine where it was
+measured times the speed of its model there (tokens per second of a plain forward pass,
+same dtype), i.e. the full-model tokens it is worth (``book/costs.json``, written from a
+cold run's timings by ``python -m layerlab.book.estimate --write-costs RESULTS_DIR``). Here, a
+few seconds of calibration measure each model's speed in the dtype it will run in, and a
+chapter's estimate is work / speed. Chapters that are not language models (the Sokoban
+agent) are scaled by float32 matmul speed instead (GFLOP/s). The estimate assumes the
+chapter's time is compute; lm-eval's set-up and Python overheads scale less than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from layerlab.core import models
+
+COSTS = Path(__file__).resolve().parents[3] / "book" / "costs.json"
+CALIBRATION_TOKENS = (2, 64)   # rows x tokens of one timed forward pass
+MATMUL = (512, 576, 1536)      # m, k, n of the matmul that scales non-LM chapters
+
+
+def chapter_id(technique: str, model: str) -> str:
+    return f"{technique}/{model}"
+
+
+@torch.no_grad()
+def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto", min_seconds: float = 1.0) -> float:
+    """Forward-pass speed of a registry model (or any ``layerlab.load`` name) in ``dtype``:
+    tokens per second over ``CALIBRATION_TOKENS``-sized passes, after a warm-up pass,
+    repeated until ``min_seconds`` have passed. Non-LM names (not loadable) -> matmul GFLOP/s."""
+    if model_name not in models.REGISTRY and not Path(model_name).exists() and "/" not in model_name:
+        return matmul_gflops()
+    lm, _ = models.load(model_name, dtype=dtype, device=device)
+    rows, length = CALIBRATION_TOKENS
+    ids = torch.randint(100, 1000, (rows, length), generator=torch.Generator().manual_seed(0)).to(lm.device)
+    lm(input_ids=ids[:1, :16])  # warm-up: kernels, allocator
+    done, start = 0, time.perf_counter()
+    while True:
+        lm(input_ids=ids)
+        done += rows * length
+        if time.perf_counter() - start >= min_seconds:
+            break
+    seconds = time.perf_counter() - start
+    del lm
+    return done / seconds
+
+
+def matmul_gflops(min_seconds: float = 0.5) -> float:
+    """float32 matmul speed of this machine (GFLOP/s), ``MATMUL``-sized."""
+    m, k, n = MATMUL
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        a @ b
+        done += 1
+    return 2 * m * k * n * done / (time.perf_counter() - start) / 1e9
+
+
+def load_costs(profile: str, path: Path = COSTS) -> dict:
+    """chapter id -> {work, seconds, speed, dtype, cpu} measured for ``profile`` ({} if none)."""
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text()).get(profile, {})
+
+
+def plan_estimate(plan: list[tuple[str, str, str]], profile: str, calibrate=tokens_per_second,
+                  costs: dict | None = None) -> list[dict]:
+    """Per chapter (technique, model, dtype name as passed to the notebook): the speed
+    measured here, the work from ``costs`` and the estimated seconds (None when no cost
+    was recorded for that chapter). Each distinct (model, dtype) is calibrated once."""
+    costs = load_costs(profile) if costs is None else costs
+    speed: dict[tuple[str, str], float] = {}
+    out = []
+    for technique, model, dtype in plan:
+        if (model, dtype) not in speed:
+            speed[(model, dtype)] = calibrate(model, dtype)
+        cost = costs.get(chapter_id(technique, model))
+        est = cost["work"] / speed[(model, dtype)] if cost else None
+        out.append({"chapter": technique, "model": model, "dtype": dtype, "speed": speed[(model, dtype)],
+                    "estimate_s": est})
+    return out
+
+
+def summary(rows: list[dict], limit_hours: float = 2.0) -> str:
+    """The plan as text: one line per chapter with its dtype and estimated minutes, the
+    total, and, above ``limit_hours``, the cheaper options."""
+    lines = ["[book] plan (estimated from a calibration on this machine):"]
+    for r in rows:
+        est = "unknown (no recorded cost)" if r["estimate_s"] is None else f"{r['estimate_s'] / 60:5.1f} min"
+        dtype = r.get("resolved", r["dtype"])
+        lines.append(f"[book]   {r['chapter']:<14} {r['model']:<20} {dtype:<9} {est}")
+    known = [r["estimate_s"] for r in rows if r["estimate_s"] is not None]
+    total = sum(known)
+    if not known:
+        lines.append("[book]   total unknown: no chapter of this plan has a recorded cost (book/costs.json)")
+        return "\n".join(lines)
+    more = " (plus the chapters without a recorded cost)" if len(known) < len(rows) else ""
+    lines.append(f"[book]   total about {total / 60:.0f} min{more}, then the HTML build (~1-2 min)")
+    if total > limit_hours * 3600:
+        lines.append(f"[book] WARNING: that is more than {limit_hours:g} hours on this machine. Cheaper options: "
+                     "`make book PROFILE=smoke` (tiny grids, minutes), or run on a GPU (device auto picks CUDA), "
+                     "or a machine whose CPU has avx512_bf16.")
+    return "\n".join(lines)
+
+
+class Progress:
+    """Two progress bars on stderr while the book runs, ticking every ``tick`` seconds: the
+    current chapter's elapsed time against its estimate, and the whole run's (finished
+    chapters count with their estimates, so the bar's time left is the plan's). A chapter
+    without an estimate shows elapsed time only."""
+
+    def __init__(self, estimates: list[float | None], tick: float = 2.0):
+        from tqdm.auto import tqdm
+
+        self.estimates, self.tick, self.index, self._started = estimates, tick, -1, 0.0
+        known = sum(e for e in estimates if e)
+        self.fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s est. [{remaining} left]"
+        self.unknown_fmt = "{desc}: {elapsed} elapsed (no estimate: no recorded cost)"
+        self.total = tqdm(total=max(known, 1.0), desc="book", bar_format=self.fmt if known else self.unknown_fmt,
+                          position=0, leave=True)
+        self.chapter = tqdm(total=1.0, desc="chapter", bar_format=self.fmt, position=1, leave=False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.chapter.close()
+        self.total.close()
+
+    def start(self, name: str) -> None:
+        self.index += 1
+        self._started = time.time()
+        self.chapter.reset(total=max(self.estimates[self.index] or 1.0, 1.0))
+        self.chapter.bar_format = self.fmt if self.estimates[self.index] else self.unknown_fmt
+        self.chapter.set_description(name)
+
+    def finish(self) -> None:
+        self._update(done=True)
+
+    def _update(self, done: bool = False) -> None:
+        if self.index < 0:
+            return
+        est = self.estimates[self.index]
+        elapsed = time.time() - self._started
+        self.chapter.n = self.chapter.total if done else min(elapsed, self.chapter.total)
+        before = sum(e for e in self.estimates[:self.index] if e)
+        self.total.n = min(before + ((est or 0) if done else min(elapsed, est or 0)), self.total.total)
+        self.chapter.refresh()
+        self.total.refresh()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            self._update()
+
+
+def write_costs(results_dir: str | Path, profile: str, path: Path = COSTS) -> dict:
+    """Record each chapter's work (seconds x speed) from the book's timing rows
+    ("book:<technique>", with ``speed``) of a cold run in ``results_dir``; returns it."""
+    from layerlab.core.results import timings
+
+    t = timings(results_dir)
+    t = t[t.chapter.str.startswith("book:") & (t.profile == profile)]
+    if "speed" in t:
+        t = t[t.speed.notna()]
+    cold = t.groupby(["chapter", "model"], as_index=False, sort=False).first()  # the run that computed everything
+    entry = {chapter_id(r.chapter.removeprefix("book:"), r.model): {
+        "work": round(float(r.seconds * r.speed), 1), "seconds": float(r.seconds), "speed": round(float(r.speed), 2),
+        "dtype": r.dtype, "cpu": r.cpu, "native_bf16": bool(r.native_bf16), "measured": r.finished}
+        for r in cold.itertuples()}
+    allc = json.loads(path.read_text()) if path.exists() else {}
+    allc[profile] = entry
+    path.write_text(json.dumps(allc, indent=1, sort_keys=True) + "\n")
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write book/costs.json from a cold run's timings.")
+    parser.add_argument("--write-costs", metavar="RESULTS_DIR", required=True)
+    parser.add_argument("--profile", default="quick")
+    args = parser.parse_args(argv)
+    print(json.dumps(write_costs(args.write_costs, args.profile), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

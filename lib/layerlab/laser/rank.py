@@ -1,0 +1,240 @@
+"""LASER rank reduction (Sharma, Ash, Misra 2023).
+
+Convention: for a matrix W of shape [out, in] with max_rank = min(out, in), a reduction
+with rank fraction rho in (0, 1] keeps k = max(1, floor(rho * max_rank)) singular
+components (the paper's "rho fraction of the maximum rank"; k never drops to 0).
+rho = 1 returns W itself, bit for bit.
+
+``part="top"`` keeps the top-k components (LASER). ``part="bottom"`` keeps the components
+LASER removes, W - W_k (the paper's Fig. 5 analysis of higher-order components).
+
+One exact SVD per matrix (``SVDCache``, bounded by a byte budget, originals on the CPU),
+reused for every rho; reductions are context managers that restore the kept original
+weights bit for bit when they end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from layerlab.core import arch
+
+PARTS = ("top", "bottom")
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """One LASER intervention: matrix type tau at block ``layer`` keeps fraction ``rho``."""
+
+    matrix_type: str
+    layer: int
+    rho: float
+    part: str = "top"
+
+    def as_dict(self) -> dict:
+        return {"matrix_type": self.matrix_type, "layer": self.layer, "rho": self.rho, "part": self.part}
+
+
+def rank_for(rho: float, max_rank: int) -> int:
+    """Number of kept components: max(1, floor(rho * max_rank)); rho in (0, 1]."""
+    if not 0 < rho <= 1:
+        raise ValueError(f"rho must be in (0, 1]; got {rho}")
+    return max(1, math.floor(rho * max_rank + 1e-9))
+
+
+# the default byte budget ("auto") of an SVDCache, by the device its factors live on: on a GPU
+# the working set beside the weights stays small (a 7B MLP entry is ~340 MB, and a sweep uses
+# one (matrix type, layer) at a time); on the CPU, RAM holds the deep layers every dataset sweeps
+DEFAULT_CACHE_BYTES = {"cuda": 1 * 2**30, "cpu": 2 * 2**30}
+
+
+class SVDCache:
+    """Exact SVDs (in float32, or the weight's dtype if wider), one per (matrix type, layer)
+    of one model, within a byte budget.
+
+    Per (matrix type, layer) an entry holds the original weight, kept on the CPU (what
+    ``reduced`` writes back, bit for bit), and, once a reduction other than rho = 1 asks
+    for it, the factors U, S, Vh on the model's device. Entries are evicted least recently
+    used first when the entries' bytes (originals and factors) exceed ``max_bytes``
+    ("auto": ``DEFAULT_CACHE_BYTES`` of the model's device type, 1 GiB on a GPU, 2 GiB on
+    the CPU; None: never evict); a matrix that is reduced right now (inside
+    ``reduced``) keeps its original. An evicted entry is read again from the model, which is
+    unmodified at that matrix then, so a restore stays bit-identical; its SVD is recomputed
+    if asked for again. A sweep asks for one matrix's SVD for every rho in a row (``laser.grid``:
+    deepest layer first, then matrix type, then rho), so a budget of a few matrices computes
+    each SVD once. One cache serves every dataset of a chapter run on one model (pass it as
+    ``laser.Sweeper(svd=...)``): no SVD is computed twice while its entry stays.
+
+    Entries are computed from the model's weights the first time they are asked for; the
+    model must be unmodified then (use it before entering reductions, or call ``prime``).
+    ``computed`` counts the SVDs computed so far, ``evicted`` the entries evicted.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32,
+                 max_bytes: int | str | None = "auto"):
+        if max_bytes == "auto":
+            device_type = next(model.parameters()).device.type
+            max_bytes = DEFAULT_CACHE_BYTES.get(device_type, DEFAULT_CACHE_BYTES["cuda"])
+        if max_bytes is not None and (isinstance(max_bytes, str) or max_bytes < 0):
+            raise ValueError(f"max_bytes: {max_bytes!r} must be 'auto', a number of bytes >= 0 or None (no limit)")
+        self.model = model
+        self.dtype = dtype
+        self.max_bytes = max_bytes
+        self._svd: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._original: dict[tuple[str, int], torch.Tensor] = {}
+        self._order: dict[tuple[str, int], None] = {}  # least recently used first
+        self._pinned: dict[tuple[str, int], int] = {}  # matrices reduced right now (count of holders)
+        self.computed = 0
+        self.evicted = 0
+
+    @staticmethod
+    def _bytes(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def nbytes(self) -> int:
+        """Bytes held: originals (CPU) and SVD factors (the model's device)."""
+        return self._bytes(self._original.values()) + sum(self._bytes(f) for f in self._svd.values())
+
+    def keys(self) -> list[tuple[str, int]]:
+        """The (matrix type, layer) entries held, least recently used first."""
+        return list(self._order)
+
+    def _touch(self, key: tuple[str, int]) -> None:
+        self._order.pop(key, None)
+        self._order[key] = None
+
+    def _evict(self, keep: tuple[str, int]) -> None:
+        if self.max_bytes is None:
+            return
+        for key in list(self._order):
+            if self.nbytes() <= self.max_bytes:
+                return
+            if key == keep:
+                continue
+            dropped = self._svd.pop(key, None) is not None
+            if key not in self._pinned:  # a reduced matrix keeps its original until restored
+                dropped = self._original.pop(key, None) is not None or dropped
+                self._order.pop(key, None)
+            self.evicted += dropped
+
+    def original(self, matrix_type: str, layer: int) -> torch.Tensor:
+        """The unmodified matrix [out, in] in its dtype, on the CPU."""
+        key = (matrix_type, layer)
+        if key not in self._original:
+            self._original[key] = arch.weight(self.model, matrix_type, layer).read().cpu()
+            self._touch(key)
+            self._evict(keep=key)
+        else:
+            self._touch(key)
+        return self._original[key]
+
+    def svd(self, matrix_type: str, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(U [out, r], S [r], Vh [r, in]) of the original matrix, r = max rank, on the model's device."""
+        key = (matrix_type, layer)
+        if key not in self._svd:
+            w = self.original(matrix_type, layer)
+            device = arch.weight(self.model, matrix_type, layer).param.device
+            w = w.to(device=device, dtype=torch.promote_types(w.dtype, self.dtype))  # >= float32, exact for float64
+            self._svd[key] = torch.linalg.svd(w, full_matrices=False)
+            self.computed += 1
+            self._touch(key)
+            self._evict(keep=key)
+        else:
+            self._touch(key)
+        return self._svd[key]
+
+    def prime(self, keys: Iterable[tuple[str, int]]) -> None:
+        for matrix_type, layer in keys:
+            self.svd(matrix_type, layer)
+
+    def clear(self) -> None:
+        """Drop every entry not reduced right now."""
+        for key in list(self._order):
+            self._svd.pop(key, None)
+            if key not in self._pinned:
+                self._original.pop(key, None)
+                self._order.pop(key, None)
+
+    def pin(self, key: tuple[str, int]) -> None:
+        self._pinned[key] = self._pinned.get(key, 0) + 1
+
+    def unpin(self, key: tuple[str, int]) -> None:
+        left = self._pinned.get(key, 0) - 1
+        if left > 0:
+            self._pinned[key] = left
+        else:
+            self._pinned.pop(key, None)
+
+    def approximation(self, r: Reduction) -> torch.Tensor:
+        """The replacement weight [out, in] for reduction ``r``, in the weight's dtype."""
+        if r.part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}; got {r.part!r}")
+        w = self.original(r.matrix_type, r.layer)
+        return _approximate(w, r.rho, r.part, lambda: self.svd(r.matrix_type, r.layer))
+
+
+def low_rank(w: torch.Tensor, rho: float, part: str = "top") -> torch.Tensor:
+    """Rank reduction of a single matrix [out, in] (no cache); see module docstring."""
+    return _approximate(w, rho, part, lambda: torch.linalg.svd(
+        w.to(torch.promote_types(w.dtype, torch.float32)), full_matrices=False))
+
+
+def _approximate(w: torch.Tensor, rho: float, part: str, svd) -> torch.Tensor:
+    """The top-k part of W (or the rest, part='bottom'); ``svd()`` is called only when
+    k < max rank, so rho = 1 returns W itself without any SVD."""
+    k = rank_for(rho, min(w.shape))
+    if k == min(w.shape):
+        return w.clone() if part == "top" else torch.zeros_like(w)
+    u, s, vh = svd()
+    keep = slice(0, k) if part == "top" else slice(k, None)
+    return ((u[:, keep] * s[keep]) @ vh[keep]).to(w.dtype)
+
+
+def validate(model: nn.Module, matrix_types: Iterable[str], layers: Iterable[int], rhos: Iterable[float]) -> None:
+    """Refuse a bad grid before any expensive work, naming the parameter and allowed values."""
+    allowed = arch.matrix_types(model)
+    for t in matrix_types:
+        if t not in allowed:
+            raise ValueError(f"matrix_types: {t!r} is not available for {arch.arch_of(model).name}; "
+                             f"allowed: {', '.join(allowed)}")
+    n = arch.n_layers(model)
+    for layer in layers:
+        if not isinstance(layer, int) or not 0 <= layer < n:
+            raise ValueError(f"layers: {layer!r} out of range; allowed: integers 0..{n - 1}")
+    for rho in rhos:
+        if not isinstance(rho, (int, float)) or not 0 < rho <= 1:
+            raise ValueError(f"rhos: {rho!r} is not a rank fraction; allowed: numbers in (0, 1]")
+
+
+@contextmanager
+def reduced(model: nn.Module, reductions: Reduction | Iterable[Reduction],
+            cache: SVDCache | None = None) -> Iterator[nn.Module]:
+    """Apply one or several reductions for the duration of the block; the original
+    weights are restored bit for bit on exit (also on error)."""
+    if isinstance(reductions, Reduction):
+        reductions = [reductions]
+    reductions = list(reductions)
+    cache = cache or SVDCache(model)
+    seen = set()
+    for r in reductions:
+        if (r.matrix_type, r.layer) in seen:
+            raise ValueError(f"two reductions of the same matrix ({r.matrix_type}, layer {r.layer})")
+        seen.add((r.matrix_type, r.layer))
+    with ExitStack() as stack:
+        for r in reductions:
+            key = (r.matrix_type, r.layer)
+            ref = arch.weight(model, r.matrix_type, r.layer)
+            original = cache.original(r.matrix_type, r.layer)
+            cache.pin(key)  # its original stays cached until restored
+            stack.callback(cache.unpin, key)
+            replacement = cache.approximation(r)
+            stack.callback(ref.write, original)  # the CPU original, written back bit for bit
+            ref.write(replacement)
+            del replacement
+        yield model
