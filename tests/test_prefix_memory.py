@@ -1,11 +1,15 @@
 """The prefix cache is bounded by a byte budget, not by the data: a window of block
-boundaries is kept and captured again when a sweep moves below it, with the same scores."""
+boundaries is kept and captured again when a sweep moves below it, and the rows are cut
+into chunks when even that does not fit (``prefix_stream``), with the same scores."""
+
+from contextlib import nullcontext
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from layerlab.core import arch, results, scoring
+from layerlab.core import arch, prefix_stream, results, runner, scoring
 from layerlab.laser import sweep as laser, rank
 from tiny import N_LAYERS, CharTokenizer, facts_file, tiny_model
 
@@ -59,7 +63,83 @@ def test_a_sweeper_with_a_small_budget_stores_the_same_points(tmp_path):
                                 max_tokens_per_batch=128, state_bytes=budget)
         tables.append(laser.sweep(sweeper, ["mlp_in", "o"], [3, 1], [0.1, 0.5], progress=False))
         if budget:
-            assert sweeper.scorer.window == 1
+            windows, chunks = prefix_stream.plan(sweeper.batches, range(N_LAYERS + 1), 1, budget)
+            assert len(chunks) == len(sweeper.batches) > 1 and len(windows) > 1
     cols = ["matrix_type", "layer", "rho", "split", "metric", "value"]
     pd_a, pd_b = (t[cols].sort_values(cols[:5]).reset_index(drop=True) for t in tables)
     assert pd_a.equals(pd_b)
+
+
+def _jobs(model, svd):
+    edits = [[], [rank.Reduction("mlp_in", 3, 0.1)], [rank.Reduction("o", 1, 0.5)],
+             [rank.Reduction("mlp_out", 0, 0.25), rank.Reduction("q", 2, 0.5)], [rank.Reduction("v", 2, 0.1)]]
+    start = lambda reds: min((r.layer for r in reds), default=N_LAYERS)  # noqa: E731
+    return edits, [(start(e), partial(rank.reduced, model, e, svd)) for e in edits]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("budget", [None, "tiny", "windows"])
+def test_streamed_scores_equal_each_edit_scored_on_all_states(tmp_path, budget, dtype):
+    model = tiny_model("llama").to(dtype)
+    task = laser.build_task(str(facts_file(tmp_path, 40)))
+    batches = scoring.encode(CharTokenizer(), task.contexts, task.continuations, max_tokens_per_batch=96)
+    per_token = model.config.hidden_size * model.dtype.itemsize
+    tokens = sum(b.input_ids.numel() for b in batches)
+    max_bytes = {None: None, "tiny": 1, "windows": 4 * tokens * per_token}[budget]
+    svd = rank.SVDCache(model)
+    edits, jobs = _jobs(model, svd)
+    windows, chunks = prefix_stream.plan(batches, [s for s, _ in jobs], per_token, max_bytes)
+    if budget == "tiny":
+        assert len(chunks) == len(batches) > 2 and all(len(w) <= prefix_stream.MIN_WINDOW for w in windows)
+    if budget == "windows":  # five start layers, four boundaries fit: two passes over all rows
+        assert len(chunks) == 1 and [len(w) for w in windows] == [4, 1]
+    got = dict(prefix_stream.scores(model, batches, len(task.contexts), jobs, max_bytes))
+    assert sorted(got) == list(range(len(edits)))
+    everything = scoring.PrefixScorer(model, batches, len(task.contexts), max_bytes=None)
+    for i, (start, apply) in enumerate(jobs):
+        with apply():
+            want = everything.score(start)
+        for field in ("logprob", "first_rank", "greedy", "first_top", "first_gold", "n_tokens"):
+            assert np.array_equal(getattr(got[i], field), getattr(want, field)), (budget, i, field)
+    base = next(p.detach().clone() for p in model.parameters())
+    assert torch.equal(base, next(model.parameters()))  # every edit restored
+
+
+def test_the_stream_keeps_at_most_its_budget_whatever_the_rows(tmp_path, monkeypatch):
+    """Peak of states held at once, for 20 and 200 items under one budget: the same."""
+    model = tiny_model("llama")
+    per_token = model.config.hidden_size * 4
+    import weakref
+
+    live, peak = [0], {}
+    real = runner.capture
+
+    def counting(*a, **k):  # bytes of captured states alive at once (freed ones subtracted)
+        state = real(*a, **k)
+        for h in state.hidden:
+            if h is not None:
+                live[0] += h.numel() * h.element_size()
+                weakref.finalize(h, lambda b=h.numel() * h.element_size(): live.__setitem__(0, live[0] - b))
+        peak[n] = max(peak[n], live[0])
+        return state
+
+    monkeypatch.setattr(runner, "capture", counting)
+    budget = None
+    for n in (20, 200):
+        (tmp_path / str(n)).mkdir()
+        task = laser.build_task(str(facts_file(tmp_path / str(n), n)))
+        batches = scoring.encode(CharTokenizer(), task.contexts, task.continuations, max_tokens_per_batch=64)
+        # the budget: every boundary of the 20 items' rows (one pass for them, chunks for 200)
+        budget = budget or sum(b.input_ids.numel() for b in batches) * (N_LAYERS + 1) * per_token
+        jobs = [(s, nullcontext) for s in range(N_LAYERS + 1)]
+        peak[n] = 0
+        windows, chunks = prefix_stream.plan(batches, range(N_LAYERS + 1), per_token, budget)
+        assert (len(chunks) > 1) == (n == 200)
+        assert len(list(prefix_stream.scores(model, batches, len(task.contexts), jobs, budget))) == len(jobs)
+        assert peak[n] <= budget, n
+    assert peak[200] <= budget and peak[20] > 0
+
+
+def test_bad_budget_is_refused():
+    with pytest.raises(ValueError, match="max_bytes"):
+        prefix_stream.budget(tiny_model("llama"), "lots")

@@ -25,7 +25,7 @@ import importlib
 __version__ = "0.1.0"
 
 CORE = ("arch", "data", "data_fetch", "distributed", "edits", "evaluation", "files", "lm_eval_model",
-        "lm_loss", "machine", "models", "papers", "params", "prefix_eval", "provenance", "ray_tasks",
+        "lm_loss", "machine", "models", "papers", "params", "prefix_eval", "prefix_stream", "provenance", "ray_tasks",
         "reference", "results", "runner", "schedule", "scoring", "stats", "verdicts")
 
 

@@ -2,7 +2,7 @@
 
 import importlib
 
-SUBMODULES = ("arch", "data", "data_fetch", "distributed", "edits", "evaluation", "files", "lm_eval_model", "lm_loss", "machine", "models", "papers", "params", "prefix_eval", "provenance", "ray_tasks", "reference", "results", "runner", "schedule", "scoring", "stats", "verdicts")
+SUBMODULES = ("arch", "data", "data_fetch", "distributed", "edits", "evaluation", "files", "lm_eval_model", "lm_loss", "machine", "models", "papers", "params", "prefix_eval", "prefix_stream", "provenance", "ray_tasks", "reference", "results", "runner", "schedule", "scoring", "stats", "verdicts")
 
 
 def __getattr__(name: str):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, models, ray_tasks, results
+from . import data, models, prefix_stream, ray_tasks, results
 from layerlab.laser import sweep as laser, rank
 from layerlab.painters import grid as painters
 from .ray_tasks import balance, is_out_of_memory  # noqa: F401  (re-exported)
@@ -168,17 +168,16 @@ def _laser_shard(source: str, model_name: str, dataset: str, points: list[list[d
                  marker: str | None = None, shrink: int = 0) -> int:
     """Run LASER points (reductions as dicts) for one (model, dataset); every point is
     stored as it finishes, stored points are skipped. ``shrink``: batches of
-    ``LASER_TOKENS_PER_BATCH / 2**shrink`` tokens (the numbers do not depend on it, nor
-    do the keys). Returns the number of points."""
-    from tqdm import tqdm
-
+    ``LASER_TOKENS_PER_BATCH / 2**shrink`` tokens and states within
+    ``prefix_stream.budget / 2**shrink`` bytes (the numbers do not depend on it, nor do
+    the keys). Returns the number of points."""
     ray_tasks.start(env, marker)
     lm, tok = loaded or _load(source, device, dtype)
     task = laser.build_task(dataset, data_dir, limit, seed)
     sweeper = laser.Sweeper(lm, tok, model_name, task, results.ResultStore(results_dir), seed=seed, limit=limit,
-                            max_tokens_per_batch=max(256, LASER_TOKENS_PER_BATCH >> shrink))
-    for p in tqdm(points, desc=f"LASER {task.name}", disable=not progress, mininterval=10):
-        sweeper.point([rank.Reduction(**r) for r in p])
+                            max_tokens_per_batch=max(256, LASER_TOKENS_PER_BATCH >> shrink),
+                            state_bytes=prefix_stream.budget(lm, "auto") >> shrink)
+    sweeper.points([[rank.Reduction(**r) for r in p] for p in points], progress=progress)
     return len(points)
 
 

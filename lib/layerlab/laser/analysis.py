@@ -60,10 +60,9 @@ def component_predictions(sweeper: Sweeper, best: rank.Reduction, generic: set[i
     task, model, tok = sweeper.task, sweeper.model, sweeper.tok
     if task.kind != "answer":
         raise ValueError("component_predictions needs an answer task (e.g. counterfact)")
-    scores = {"full": sweeper.scorer.score(best.layer)}
-    for name, part in (("kept", "top"), ("removed", "bottom")):
-        with rank.reduced(model, rank.Reduction(best.matrix_type, best.layer, best.rho, part), sweeper.svd):
-            scores[name] = sweeper.scorer.score(best.layer)
+    names = {"full": [], "kept": [best], "removed": [rank.Reduction(best.matrix_type, best.layer, best.rho, "bottom")]}
+    got = dict(sweeper.row_scores([names[n] for n in names]))
+    scores = {n: got[i] for i, n in enumerate(names)}
     right = {n: item_metrics(task, scores[n])["correct"].to_numpy() == 1 for n in ("full", "kept")}
     group = np.where(right["full"], GROUPS[1], np.where(right["kept"], GROUPS[0], GROUPS[2]))
     gold = np.asarray(scores["full"].first_gold)  # the answer's first token as lm-eval splits it

@@ -15,13 +15,13 @@ Metrics per item (all from one teacher-forced pass, see ``scoring``):
 
 from __future__ import annotations
 
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
-from layerlab.core import arch, evaluation, models, results, scoring
-from layerlab.core import papers
+from layerlab.core import arch, evaluation, models, papers, prefix_stream, results, scoring
 from . import rank
 from .tasks import DATASETS, NOT_REPLICATED, Task, build_task, dataset_name, item_metrics  # noqa: F401
 
@@ -95,11 +95,12 @@ def summarise(per_item: pd.DataFrame, splits: np.ndarray, base_row: dict) -> lis
 class Sweeper:
     """Runs LASER points for one (model, task) with the prefix cache, storing every point.
 
-    Memory: the prefix cache keeps at most ``state_bytes`` of residual states
-    (``scoring.PrefixScorer``: a window of block boundaries, captured again when the sweep
-    moves below it) and the SVD cache its own byte budget (``rank.SVDCache``; pass one
-    cache as ``svd`` to every dataset's sweeper of a chapter run so no SVD is computed
-    twice). Call ``release`` when a dataset is done.
+    Memory is bounded by the model, not by the data: points are scored by
+    ``prefix_stream.scores``, which keeps at most ``state_bytes`` of residual states
+    ("auto": 128 MiB on a CPU, 2 GiB on a GPU; None: no limit), cutting the items into
+    chunks when they do not fit. The SVD cache has its own byte budget (``rank.SVDCache``;
+    pass one cache as ``svd`` to every dataset's sweeper of a chapter run so no SVD is
+    computed twice). Call ``release`` when a dataset is done.
 
     Each point stores summary rows under technique 'laser' and per-item rows under
     'laser_items' (for paired differences and Fig. 5), keyed by the reduction(s), the
@@ -107,48 +108,77 @@ class Sweeper:
 
     def __init__(self, model: nn.Module, tokenizer, model_name: str, task: Task, store: results.ResultStore,
                  seed: int = 0, limit: int | None = None, max_tokens_per_batch: int = 4096,
-                 svd: rank.SVDCache | None = None, state_bytes: int | None = scoring.DEFAULT_STATE_BYTES):
+                 svd: rank.SVDCache | None = None, state_bytes: int | str | None = "auto"):
         self.model, self.tok, self.model_name, self.task, self.store = model, tokenizer, model_name, task, store
         self.seed, self.limit = seed, limit
         self.split_spec = f"val20-test80-seed{seed}-n{task.n_items}-limit{limit}"
         self.splits = split_of(task.item_ids, seed)
         self.svd = svd or rank.SVDCache(model)
         self.max_tokens = max_tokens_per_batch
-        self.state_bytes = state_bytes
+        self.state_bytes = prefix_stream.budget(model, state_bytes)
+        self._batches: list[scoring.Batch] | None = None
         self._scorer: scoring.PrefixScorer | None = None
 
     @property
+    def batches(self) -> list[scoring.Batch]:
+        """The task's rows, tokenised once (on the CPU)."""
+        if self._batches is None:
+            self._batches = scoring.encode(self.tok, self.task.contexts, self.task.continuations, self.max_tokens)
+        return self._batches
+
+    @property
     def scorer(self) -> scoring.PrefixScorer:
+        """A PrefixScorer over every row, within the same state budget (for direct use)."""
         if self._scorer is None:  # captured lazily: a fully cached sweep never runs the model
-            batches = scoring.encode(self.tok, self.task.contexts, self.task.continuations, self.max_tokens)
-            self._scorer = scoring.PrefixScorer(self.model, batches, len(self.task.contexts),
+            self._scorer = scoring.PrefixScorer(self.model, self.batches, len(self.task.contexts),
                                                 max_bytes=self.state_bytes)
         return self._scorer
 
     def release(self) -> None:
-        """Drop the prefix cache (the residual states); it is captured again if needed."""
-        self._scorer = None
+        """Drop the tokenised rows and any prefix cache; rebuilt if needed."""
+        self._scorer = self._batches = None
 
     def key(self, reductions: list[rank.Reduction]) -> str:
         return results.point_key(self.model_name, TECHNIQUE, [r.as_dict() for r in reductions],
                                  self.task.name, self.split_spec, models.runtime(self.model))
 
-    def point(self, reductions: list[rank.Reduction]) -> pd.DataFrame:
-        """Summary rows of one point (computed and stored if absent)."""
-        key = self.key(reductions)
+    def _stored(self, key: str) -> bool:
         # both shards of the point must read (an unreadable one is moved aside and recomputed)
-        if not (self.store.has(TECHNIQUE, key) and self.store.has("laser_items", key)):
-            per_item = self.per_item(reductions)
+        return self.store.has(TECHNIQUE, key) and self.store.has("laser_items", key)
+
+    def row_scores(self, edits: list[list[rank.Reduction]]):
+        """Yields (index into ``edits``, scoring.RowScores) for each list of reductions,
+        streamed within the state budget (deepest start first; nothing stored)."""
+        start = lambda reds: min((r.layer for r in reds), default=arch.n_layers(self.model))  # noqa: E731
+        jobs = [(start(reds), partial(rank.reduced, self.model, reds, self.svd)) for reds in edits]
+        yield from prefix_stream.scores(self.model, self.batches, len(self.task.contexts), jobs, self.state_bytes)
+
+    def points(self, points: list[list[rank.Reduction]], progress: bool = False) -> list[pd.DataFrame]:
+        """Summary rows of each point; the missing ones are computed together (the
+        unedited prefix is shared by all of them) and each is stored as it completes."""
+        from tqdm import tqdm
+
+        keys = [self.key(p) for p in points]
+        todo = list({k: p for k, p in zip(keys, points) if not self._stored(k)}.items())
+        done = tqdm(total=len(todo), desc=f"LASER {self.task.name}", disable=not progress, mininterval=10)
+        for i, scores in self.row_scores([p for _, p in todo]):
+            key, reductions = todo[i]
+            per_item = item_metrics(self.task, scores)
             self.store.put("laser_items", key, per_item.assign(
                 model=self.model_name, technique="laser_items", dataset=self.task.name, split=self.splits,
                 metric="item", value=per_item["correct"], n_items=1))
             self.store.put(TECHNIQUE, key, summarise(per_item, self.splits, self._describe(reductions)))
-        return self.store.get(TECHNIQUE, key)
+            done.update()
+        done.close()
+        return [self.store.get(TECHNIQUE, k) for k in keys]
+
+    def point(self, reductions: list[rank.Reduction]) -> pd.DataFrame:
+        """Summary rows of one point (computed and stored if absent)."""
+        return self.points([reductions])[0]
 
     def per_item(self, reductions: list[rank.Reduction]) -> pd.DataFrame:
-        start = min((r.layer for r in reductions), default=arch.n_layers(self.model))
-        with rank.reduced(self.model, reductions, self.svd):
-            return item_metrics(self.task, self.scorer.score(start))
+        """Per-item metrics of one point, computed now (not stored)."""
+        return item_metrics(self.task, next(self.row_scores([reductions]))[1])
 
     def items(self, reductions: list[rank.Reduction]) -> pd.DataFrame:
         """Stored per-item rows of a point (computing it first if needed)."""
@@ -183,13 +213,9 @@ def grid(matrix_types, layers, rhos) -> list[rank.Reduction]:
 
 def sweep(sweeper: Sweeper, matrix_types, layers, rhos, progress: bool = True) -> pd.DataFrame:
     """The base model and every (tau, l, rho) of the grid; returns their summary rows."""
-    from tqdm import tqdm
-
     rank.validate(sweeper.model, matrix_types, layers, rhos)
     points = [[]] + [[r] for r in grid(matrix_types, layers, rhos)]
-    frames = [sweeper.point(p) for p in tqdm(points, desc=f"LASER {sweeper.task.name}", disable=not progress,
-                                        mininterval=10)]
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(sweeper.points(points, progress=progress), ignore_index=True)
 
 
 def select_best(table: pd.DataFrame) -> rank.Reduction | None:
