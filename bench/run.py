@@ -12,6 +12,7 @@ scaled to the full grid; the table says so. All ratios come from this one run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -462,17 +463,37 @@ def row_laser_memory_one(args) -> dict:
     import layerlab
     from layerlab.core import arch, results
     from layerlab.laser import sweep as laser
-    model, tok = layerlab.load(args.memory_model)
+    if args.memory_model.startswith("shape:"):  # a randomly initialised Llama of gpu_check's shapes (e.g. shape:7b)
+        import torch
+        sys.path.insert(0, str(HERE.parent / "scripts"))
+        import gpu_check
+        from layerlab.core import models
+        tok = gpu_check.train_tokenizer(1024)
+        model = gpu_check.build_model(args.memory_model.removeprefix("shape:"), models.resolve_dtype("auto"),
+                                      torch.device("cpu"), tok)
+    else:
+        model, tok = layerlab.load(args.memory_model)
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     task = laser.build_task("counterfact", limit=args.memory_items, seed=0)
     L = arch.n_layers(model)
+    gc.collect()
+    loaded_mb = _rss_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM: the peak below is the sweep's, not the load's
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         sw = laser.Sweeper(model, tok, args.memory_model, task, results.ResultStore(tmp))
         laser.sweep(sw, ["mlp_in", "mlp_out"], [L - 2, L - 1], [0.01], progress=False)
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "weights_mb": weights_mb, "items": task.n_items,
-            "dtype": str(model.dtype).removeprefix("torch.")}
+    return {"seconds": seconds, "weights_mb": weights_mb, "items": task.n_items, "loaded_mb": loaded_mb,
+            "sweep_peak_mb": _rss_mb("VmHWM"), "dtype": str(model.dtype).removeprefix("torch.")}
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def row_laser_memory(args) -> dict:
@@ -481,7 +502,9 @@ def row_laser_memory(args) -> dict:
     not grow with the items (issue #20)."""
     out = []
     for spec in args.memory_models.split(","):
-        name, _, sizes = spec.partition(":")
+        name, sep, sizes = spec.rpartition(":")  # "model:100/2000", "shape:7b:100/400" or a bare model
+        if not sep or not sizes.replace("/", "").isdigit():
+            name, sizes = spec, ""
         for items in [int(x) for x in (sizes or "100/2000").split("/")]:
             cmd = [sys.executable, __file__, "--row", "laser_memory_one", "--memory-model", name,
                    "--memory-items", str(items)]
@@ -493,12 +516,35 @@ def row_laser_memory(args) -> dict:
     return {"rows": out, "seconds": 0.0}
 
 
+def row_continuation_split(args) -> dict:
+    """Issue #20 section 3: per model and LASER dataset (the quick book's items), how many
+    rows' (context, continuation) tokens differ between tokenising each on its own (the
+    old way) and lm-eval's split of the joint encoding (``scoring.split_pairs``, the new
+    way). None differing means the LASER numbers cannot have changed."""
+    from transformers import AutoTokenizer
+    from layerlab.core import models, scoring
+    from layerlab.laser import sweep as laser
+    out = []
+    for name in args.split_models.split(","):
+        tok = AutoTokenizer.from_pretrained(models.cache_dir() / name)
+        for ds in laser.DATASETS:
+            limit = 100 if ds == "counterfact" else (40 if ds == "epistemic_reasoning" else 80)
+            task = laser.build_task(ds, limit=limit, seed=0)
+            new = [(list(c), list(t)) for c, t in scoring.split_pairs(tok, task.contexts, task.continuations)]
+            ids = lambda texts, **kw: [list(map(int, x)) for x in tok(list(texts), **kw)["input_ids"]]  # noqa: E731
+            old = list(zip(ids(task.contexts), ids(task.continuations, add_special_tokens=False)))
+            out.append({"model": name, "dataset": ds, "rows": len(new),
+                        "differ": sum(a != b for a, b in zip(old, new))})
+    return {"rows": out, "seconds": 0.0}
+
+
 ROWS = {    "laser_layerlab": row_laser_layerlab, "laser_bound": row_laser_bound, "laser_naive": row_laser_naive,
     "laser_naive_batched": row_laser_naive_batched, "svd": row_svd,
     "distances_one_pass": row_distances_one_pass, "distances_per_n": row_distances_per_n,
     "painters_shared": row_painters_shared, "painters_recomputed": row_painters_recomputed, "scaling": row_scaling, "gpu": row_gpu,
     "ray": row_ray, "lm_eval_head": row_lm_eval_head, "prune_curve_passes": row_prune_curve_passes,
     "dtype_speed": row_dtype_speed, "laser_memory": row_laser_memory, "laser_memory_one": row_laser_memory_one,
+    "continuation_split": row_continuation_split,
 }
 
 
@@ -510,7 +556,7 @@ def run_row(name: str, args) -> dict:
            "--scaling-models", args.scaling_models, "--head-model", args.head_model,
            "--head-items", str(args.head_items), "--curve-model", args.curve_model, "--curve-dtype", args.curve_dtype,
            "--curve-items", str(args.curve_items), "--dtype-models", args.dtype_models,
-           "--memory-models", args.memory_models]
+           "--memory-models", args.memory_models, "--split-models", args.split_models]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -606,16 +652,28 @@ def table(res: dict, args) -> str:
         lines += ["", f"Deeper-layers curve: {curve.get('error') or curve.get('skipped')}"]
     mem = res.get("laser_memory", {})
     if "rows" in mem:
-        lines += ["", "Peak RSS of a LASER CounterFact sweep (2 layers x 2 matrix types x 1 rho + base), each in a fresh "
-                  "process: the weights plus a working set that should not grow with the items.", "",
-                  "| model | dtype | items | seconds | weights MB | peak RSS MB | peak - weights MB |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "Memory of a LASER CounterFact sweep (2 layers x 2 matrix types x 1 rho + base), each in a fresh "
+                  "process: RSS after loading, and the peak during the sweep alone (VmHWM reset after loading through "
+                  "/proc/self/clear_refs); the process's peak, loading included, last. The sweep's working set (peak "
+                  "during the sweep minus RSS after loading) should not grow with the items. glibc's mmap threshold: "
+                  + (f"fixed (MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']}: freed large tensors go back "
+                     "to the OS)" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else
+                     "default (dynamic: freed large tensors may stay in the heap and count in RSS)") + ".", "",
+                  "| model | dtype | items | seconds | weights MB | RSS after load MB | sweep peak MB | working set MB "
+                  "| process peak MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in mem["rows"]:
             if "error" in r:
-                lines.append(f"| {r['model']} | | {r['items']} | {r['error']} | | | |")
+                lines.append(f"| {r['model']} | | {r['items']} | {r['error']} | | | | | |")
             else:
                 lines.append(f"| {r['model']} | {r['dtype']} | {r['items']} | {r['seconds']:.1f} | {r['weights_mb']:.0f} | "
-                             f"{r['peak_mb']:.0f} | {r['peak_mb'] - r['weights_mb']:.0f} |")
+                             f"{r['loaded_mb']:.0f} | {r['sweep_peak_mb']:.0f} | "
+                             f"{r['sweep_peak_mb'] - r['loaded_mb']:.0f} | {r['peak_mb']:.0f} |")
+    split = res.get("continuation_split", {})
+    if "rows" in split:
+        lines += ["", "Tokens of the LASER rows (the quick book's items): rows whose (context, continuation) tokens differ "
+                  "between each tokenised alone (before) and lm-eval's split of the joint encoding (now):", "",
+                  "| model | dataset | rows | rows that differ |", "|---|---|---:|---:|"]
+        lines += [f"| {r['model']} | {r['dataset']} | {r['rows']} | {r['differ']} |" for r in split["rows"]]
     speed = res.get("dtype_speed", {})
     if "rows" in speed:
         lines += ["", "Forward pass of 8 x 128 tokens on this CPU:", "", "| model | dtype | seconds | tokens/s |",
@@ -647,6 +705,8 @@ def main() -> int:
     parser.add_argument("--memory-models", default="smollm2-135m:100/2000,qwen2.5-coder-1.5b:100/500",
                         help="laser_memory row: model:items/items,...")
     parser.add_argument("--memory-model", default="smollm2-135m", help=argparse.SUPPRESS)
+    parser.add_argument("--split-models", default="smollm2-135m,gemma3-270m,qwen2.5-coder-1.5b",
+                        help="models of the continuation_split row")
     parser.add_argument("--memory-items", type=int, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--gpu-layers", type=int, default=8)
     parser.add_argument("--ray-layers", type=int, default=8, help="deepest layers in the Ray row's sweep (0: all)")
@@ -666,6 +726,9 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     # a subset of rows (--only) gets its own files: the full run's table stays one run's numbers
     stem = f"bench-{args.model}" + ("" if set(res) == {r for r in ROWS if not r.endswith("_one")} else "-" + "-".join(res))
+    if "laser_memory" in res:  # one section per model set and allocator setting
+        stem += f" {args.memory_models}" + (f" MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']}"
+                                            if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "")
     if any(os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")):
         stem += "-isa-capped"  # this CPU made to behave like an older one: its own section
     (OUT / f"{stem}.md").write_text(text + "\n")

@@ -95,6 +95,9 @@ class Report:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
             self.torch.cuda.reset_peak_memory_stats(self.device)
+        else:  # reset VmHWM so the step's peak is its own (Linux); elsewhere the process peak so far
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
         start = time.perf_counter()
         try:
             yield row
@@ -108,7 +111,8 @@ class Report:
                 self.torch.cuda.synchronize(self.device)
             row["seconds"] = round(time.perf_counter() - start, 2)
             row["peak_memory_mb"] = round(self._peak_mb(), 1)
-            row["memory_kind"] = "device (max_memory_allocated)" if self.device.type == "cuda" else "peak RSS (VmHWM)"
+            row["memory_kind"] = ("device (max_memory_allocated)" if self.device.type == "cuda"
+                                  else "peak RSS during the step (VmHWM, reset at its start)")
             self.steps.append(row)
             print(f"[gpu-check] {name}: {'ok' if row['ok'] else 'FAILED'} ({row['seconds']} s, "
                   f"{row['peak_memory_mb']} MB){'  ' + row.get('error', '') if not row['ok'] else ''}", flush=True)

@@ -78,14 +78,16 @@ def _jobs(model, svd):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("budget", [None, "tiny", "windows"])
-def test_streamed_scores_equal_each_edit_scored_on_all_states(tmp_path, budget, dtype):
+@pytest.mark.parametrize("budget", [None, "tiny", "windows", "head in slices"])
+def test_streamed_scores_equal_each_edit_scored_on_all_states(tmp_path, budget, dtype, monkeypatch):
+    if budget == "head in slices":  # the head runs on one row at a time
+        monkeypatch.setattr(prefix_stream, "HEAD_BYTES", 1)
     model = tiny_model("llama").to(dtype)
     task = laser.build_task(str(facts_file(tmp_path, 40)))
     batches = scoring.encode(CharTokenizer(), task.contexts, task.continuations, max_tokens_per_batch=96)
     per_token = model.config.hidden_size * model.dtype.itemsize
     tokens = sum(b.input_ids.numel() for b in batches)
-    max_bytes = {None: None, "tiny": 1, "windows": 4 * tokens * per_token}[budget]
+    max_bytes = {None: None, "tiny": 1, "windows": 4 * tokens * per_token, "head in slices": None}[budget]
     svd = rank.SVDCache(model)
     edits, jobs = _jobs(model, svd)
     windows, chunks = prefix_stream.plan(batches, [s for s, _ in jobs], per_token, max_bytes)
@@ -99,6 +101,13 @@ def test_streamed_scores_equal_each_edit_scored_on_all_states(tmp_path, budget, 
     for i, (start, apply) in enumerate(jobs):
         with apply():
             want = everything.score(start)
+        if budget == "head in slices":  # a matmul over fewer rows rounds differently in the last bits
+            tol = 1e-5 if dtype == torch.float32 else 0.1
+            np.testing.assert_allclose(got[i].logprob, want.logprob, rtol=tol, atol=tol)
+            assert np.array_equal(got[i].first_gold, want.first_gold)
+            if dtype == torch.float32:
+                assert np.array_equal(got[i].first_top, want.first_top)
+            continue
         for field in ("logprob", "first_rank", "greedy", "first_top", "first_gold", "n_tokens"):
             assert np.array_equal(getattr(got[i], field), getattr(want, field)), (budget, i, field)
     base = next(p.detach().clone() for p in model.parameters())

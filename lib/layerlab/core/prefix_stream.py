@@ -5,7 +5,7 @@ The unedited model's residual stream entering each edit's start block is what th
 share. ``scores`` captures it for a window of start layers over a chunk of rows, scores
 every edit of the window on that chunk (each edit reruns only its own blocks, under a
 context manager that holds it), drops the chunk and moves on. Peak memory is the weights,
-one batch's activations and ``max_bytes`` of states (``budget``: 128 MiB on a CPU, 2 GiB on
+one batch's activations and ``max_bytes`` of states (``budget``: 64 MiB on a CPU, 2 GiB on
 a GPU by default), whatever the number of items: more items mean more chunks (more
 capture passes), never more memory. With few items everything is one pass, one chunk.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,8 +22,25 @@ from . import runner, scoring
 
 # what ``scores`` keeps by default, per device type: small beside the weights on a CPU (so that
 # the peak does not depend on the number of items), a few GiB beside a 7B model on a GPU
-DEFAULT_BYTES = {"cpu": 128 * 2**20, "cuda": 2 * 2**30, "mps": 512 * 2**20}
+DEFAULT_BYTES = {"cpu": 64 * 2**20, "cuda": 2 * 2**30, "mps": 512 * 2**20}
 MIN_WINDOW = 4  # boundaries captured per pass when the data must be cut into chunks
+
+
+HEAD_BYTES = 64 * 2**20  # float32 logits scored at once: the head runs on slices of rows
+
+
+def _scored(model: nn.Module, b: scoring.Batch, h: torch.Tensor) -> dict:
+    """Scores of batch ``b`` from its last residual stream h [B, T, d_model], the head run
+    on slices of rows so that the logits [rows, K, vocab] held at once stay within
+    ``HEAD_BYTES`` whatever the batch (a full batch of short rows has hundreds of rows)."""
+    rows = max(1, HEAD_BYTES // (4 * b.target_pos.shape[1] * model.config.vocab_size))
+    parts = []
+    for lo in range(0, h.shape[0], rows):
+        sl = slice(lo, lo + rows)
+        sub = scoring.Batch(b.input_ids[sl], b.attention_mask[sl], b.target_pos[sl], b.target_ids[sl],
+                            b.target_mask[sl], b.rows[sl])
+        parts.append(scoring.score_logits(sub, runner.finish(model, h[sl], positions=sub.target_pos)))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def budget(model: nn.Module, max_bytes: int | str | None) -> int | None:
@@ -88,7 +106,7 @@ def scores(model: nn.Module, batches: list[scoring.Batch], n_rows: int, jobs: Se
             for i in mine:
                 start, apply = jobs[i]
                 with apply():
-                    parts[i] += [scoring.score_logits(b, runner.run_from(model, st, start, positions=b.target_pos))
+                    parts[i] += [_scored(model, b, runner.run_from(model, st, start, stop_at=st.n_layers))
                                  for b, st in zip(on_device, states)]
                 if c == len(chunks) - 1:
                     yield i, scoring.collect([b for ch in chunks for b in ch], parts.pop(i), n_rows)

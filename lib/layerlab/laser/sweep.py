@@ -97,7 +97,7 @@ class Sweeper:
 
     Memory is bounded by the model, not by the data: points are scored by
     ``prefix_stream.scores``, which keeps at most ``state_bytes`` of residual states
-    ("auto": 128 MiB on a CPU, 2 GiB on a GPU; None: no limit), cutting the items into
+    ("auto": 64 MiB on a CPU, 2 GiB on a GPU; None: no limit), cutting the items into
     chunks when they do not fit. The SVD cache has its own byte budget (``rank.SVDCache``;
     pass one cache as ``svd`` to every dataset's sweeper of a chapter run so no SVD is
     computed twice). Call ``release`` when a dataset is done.
