@@ -477,7 +477,7 @@ def row_laser_memory_one(args) -> dict:
     task = laser.build_task("counterfact", limit=args.memory_items, seed=0)
     L = arch.n_layers(model)
     gc.collect()
-    loaded_mb = _rss_mb("VmRSS")
+    loaded_mb, load_peak_mb = _rss_mb("VmRSS"), _rss_mb("VmHWM")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM: the peak below is the sweep's, not the load's
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -485,7 +485,7 @@ def row_laser_memory_one(args) -> dict:
         laser.sweep(sw, ["mlp_in", "mlp_out"], [L - 2, L - 1], [0.01], progress=False)
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "weights_mb": weights_mb, "items": task.n_items, "loaded_mb": loaded_mb,
-            "sweep_peak_mb": _rss_mb("VmHWM"), "dtype": str(model.dtype).removeprefix("torch.")}
+            "sweep_peak_mb": _rss_mb("VmHWM"), "load_peak_mb": load_peak_mb, "dtype": str(model.dtype).removeprefix("torch.")}
 
 
 def _rss_mb(field: str) -> float:
@@ -654,20 +654,20 @@ def table(res: dict, args) -> str:
     if "rows" in mem:
         lines += ["", "Memory of a LASER CounterFact sweep (2 layers x 2 matrix types x 1 rho + base), each in a fresh "
                   "process: RSS after loading, and the peak during the sweep alone (VmHWM reset after loading through "
-                  "/proc/self/clear_refs); the process's peak, loading included, last. The sweep's working set (peak "
+                  "/proc/self/clear_refs); the peak while loading last. The sweep's working set (peak "
                   "during the sweep minus RSS after loading) should not grow with the items. glibc's mmap threshold: "
                   + (f"fixed (MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']}: freed large tensors go back "
                      "to the OS)" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else
                      "default (dynamic: freed large tensors may stay in the heap and count in RSS)") + ".", "",
                   "| model | dtype | items | seconds | weights MB | RSS after load MB | sweep peak MB | working set MB "
-                  "| process peak MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| load peak MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in mem["rows"]:
             if "error" in r:
                 lines.append(f"| {r['model']} | | {r['items']} | {r['error']} | | | | | |")
             else:
                 lines.append(f"| {r['model']} | {r['dtype']} | {r['items']} | {r['seconds']:.1f} | {r['weights_mb']:.0f} | "
                              f"{r['loaded_mb']:.0f} | {r['sweep_peak_mb']:.0f} | "
-                             f"{r['sweep_peak_mb'] - r['loaded_mb']:.0f} | {r['peak_mb']:.0f} |")
+                             f"{r['sweep_peak_mb'] - r['loaded_mb']:.0f} | {r.get('load_peak_mb', float('nan')):.0f} |")
     split = res.get("continuation_split", {})
     if "rows" in split:
         lines += ["", "Tokens of the LASER rows (the quick book's items): rows whose (context, continuation) tokens differ "
@@ -727,8 +727,8 @@ def main() -> int:
     # a subset of rows (--only) gets its own files: the full run's table stays one run's numbers
     stem = f"bench-{args.model}" + ("" if set(res) == {r for r in ROWS if not r.endswith("_one")} else "-" + "-".join(res))
     if "laser_memory" in res:  # one section per model set and allocator setting
-        stem += f" {args.memory_models}" + (f" MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']}"
-                                            if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "")
+        stem += "-" + args.memory_models.replace("/", "_").replace(":", "@").replace(",", "+") + (
+            f"-malloc-mmap-threshold-{os.environ['MALLOC_MMAP_THRESHOLD_']}" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "")
     if any(os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")):
         stem += "-isa-capped"  # this CPU made to behave like an older one: its own section
     (OUT / f"{stem}.md").write_text(text + "\n")

@@ -110,6 +110,8 @@ def claims(store: results.ResultStore) -> pd.DataFrame:
     rows += painters_claims.claim_rows(store)  # Sun et al.: bootstrap intervals over items
     from layerlab.laser import decision  # LASER outside language: the Sokoban Decision Transformer (paper Table 2)
     rows += decision.claim_rows(store)
+    from layerlab.beyond import claims as beyond_claims  # "Beyond the papers": peers' findings on the same models
+    rows += beyond_claims.claim_rows(store)
     table = pd.DataFrame(rows, columns=COLUMNS + ["counted"])
     table["counted"] = table["counted"].fillna(True).astype(bool)
     table["verdict"].map(verdicts.word)

@@ -169,7 +169,8 @@ class Progress:
 
 def write_costs(results_dir: str | Path, profile: str, path: Path = COSTS) -> dict:
     """Record each chapter's work (seconds x speed) from the book's timing rows
-    ("book:<technique>", with ``speed``) of a cold run in ``results_dir``; returns it."""
+    ("book:<technique>", with ``speed``) of a cold run in ``results_dir`` (other chapters
+    keep their recorded costs); returns the chapters written."""
     from layerlab.core.results import timings
 
     t = timings(results_dir)
@@ -182,7 +183,7 @@ def write_costs(results_dir: str | Path, profile: str, path: Path = COSTS) -> di
         "dtype": r.dtype, "cpu": r.cpu, "native_bf16": bool(r.native_bf16), "measured": r.finished}
         for r in cold.itertuples()}
     allc = json.loads(path.read_text()) if path.exists() else {}
-    allc[profile] = entry
+    allc.setdefault(profile, {}).update(entry)  # chapters not in this run keep their recorded costs
     path.write_text(json.dumps(allc, indent=1, sort_keys=True) + "\n")
     return entry
 
