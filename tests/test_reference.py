@@ -98,3 +98,17 @@ def test_references_on_smollm2(dtype, atol):
     fast_d = prune.angular_distances(prune.last_token_states(model, [(ids, mask)]))
     np.testing.assert_allclose(fast_d, reference.gromov_distances(model, ids, mask), atol=1e-4 if dtype == torch.float32 else 2e-2,
                                equal_nan=True)
+
+
+def test_the_reference_twin_shares_the_weights_and_leaves_the_model_alone():
+    """A scheduled reference copies modules, not weights (a 7B model has no room for two)."""
+    from tiny import tiny_model
+
+    from layerlab.core import arch, reference
+
+    model = tiny_model("llama")
+    n = arch.n_layers(model)
+    twin = reference._with_blocks(model, [0, 0, n - 1])
+    ours = {id(p) for p in model.parameters()}
+    assert {id(p) for p in twin.parameters()} <= ours
+    assert len(arch.blocks(model)) == n and len(arch.blocks(twin)) == 3

@@ -39,10 +39,13 @@ def claim_rows(store: results.ResultStore) -> list[dict]:
     """Every recorded claim row (the comparison page's format). Where one model and section
     has rows from several runs (e.g. smoke and quick in one results folder), only the
     run with the most claim rows is counted; the others are shown, not counted."""
+    from . import head_healing, sublayer_claims  # decided from the stored points themselves
+
+    rows = [r | {"counted": r.get("counted", True)}
+            for r in sublayer_claims.claim_rows(store) + head_healing.claim_rows(store)]
     table = store.table(TECHNIQUE)
     if not len(table):
-        return []
-    rows = []
+        return rows
     for (_, _), g in table.groupby(["model", "section"], sort=True):
         sizes = g.groupby("key").size()
         best = sizes.idxmax()

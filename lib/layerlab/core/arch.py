@@ -12,6 +12,10 @@ matrix under the names the papers use:
 Every matrix is read and written in ``nn.Linear`` orientation, shape [out_features,
 in_features], whatever the storage (GPT-2's Conv1D stores the transpose; GPT-2 and
 GPT-NeoX fuse q, k, v into one matrix, of which a reference selects its rows).
+
+Below the block: how each family's block splits into its attention and MLP sublayers
+(norms, post norms, sequential or parallel residual) is ``core.sublayer.FAMILIES``, keyed
+by the same ``model_type``; encoders have no sublayer steps.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ class Edit:
 
     start: the first block whose input may differ from the unmodified model's (0..L; L:
         only the head runs after the captured last block). steps: the schedule run from
-        ``start`` on (block indices and ``schedule.Parallel`` groups), or None for blocks
+        ``start`` on (block indices, ``schedule.Parallel`` groups and ``schedule.Sublayer``
+        steps), or None for blocks
         start..L-1 in order. weights: an optional temporary weight edit, entered while the
         edit runs; it must not touch blocks before ``start``.
     """
@@ -61,7 +62,7 @@ def from_schedule(steps: Sequence, n_layers: int) -> Edit:
     """The edit of a schedule (``schedule.build``, ``schedule.drop``, ``schedule.in_order``):
     ``start`` is the first position where it departs from running every block in order."""
     schedule.validate(steps, n_layers)
-    steps = [int(s) if not isinstance(s, schedule.Parallel) else s for s in steps]
+    steps = [s if isinstance(s, (schedule.Parallel, schedule.Sublayer)) else int(s) for s in steps]
     start = 0
     while start < len(steps) and start < n_layers and steps[start] == start:
         start += 1

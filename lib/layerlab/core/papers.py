@@ -76,3 +76,25 @@ PAINTERS_CLAIMS = {
     "least_degrading": "looped parallel and random order degrade least (Q8: Sec. 3.8, the comparison of all variants)",
     "encoder": "a fine-tuned BERT degrades gracefully under the same variants on GLUE (Appendix, encoder)",
 }
+
+# ---------------------------------------------------------------------------- Beyond: which blocks matter
+# Peer findings the "criteria against the truth" section tests (layerlab.beyond.agreement).
+
+HINOSTROZA = "Hinostroza et al."
+HINOSTROZA_CITATION = ("Hinostroza, Toro Icarte, Devia, Carvallo De Ferari, Herrera-Berg, Parra, Silva (2026), "
+                       "\"Rethinking Layer Relevance in Large Language Models Beyond Cosine Similarity\", "
+                       "arXiv 2605.14075 (ICLR 2026)")
+HINOSTROZA_WEAK_CORRELATION = ("the correlation between cosine-similarity layer relevance and the actual performance "
+                               "degradation caused by removing the layer is often weak or moderate (abstract)")
+# our threshold for "strong" (the stored abstract states no number): Spearman >= 0.7, the usual convention
+HINOSTROZA_STRONG = 0.7
+
+LU = "Lu et al."
+LU_CITATION = ("Lu et al. (2024), \"Reassessing Layer Pruning in LLMs: New Insights and Methods\", arXiv 2411.15558 "
+               "(ICLR 2026; code: yaolu-zjut/Navigation_LLM_layer_pruning)")
+LU_REVERSE_ORDER = ("reverse-order pruning (dropping the final layers) is simple yet effective, ahead of the "
+                    "importance and similarity metrics compared; best: drop the final 25%, then fine-tune the lm_head "
+                    "and the last three remaining layers (abstract; measured after that fine-tuning)")
+
+SHORTGPT_CITATION = ("Men et al. (2024), \"ShortGPT: Layers in Large Language Models "
+                     "are More Redundant Than You Expect\", arXiv 2403.03853 (Block Influence)")

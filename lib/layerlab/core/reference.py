@@ -89,8 +89,10 @@ def gromov_pruned_logits(model: nn.Module, distances: np.ndarray, n: int,
 
 
 def _with_blocks(model: nn.Module, order: list) -> nn.Module:
-    """A copy of ``model`` whose block list is ``order`` (block indices, or modules)."""
-    twin = copy.deepcopy(model)
+    """A copy of ``model`` whose block list is ``order`` (block indices, or modules). The
+    copy shares the parameters (only the modules are copied): a 7B model's reference costs
+    no second set of weights."""
+    twin = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     old = arch.blocks(twin)
     types = arch.layer_types(twin)
     arch.replace_blocks(twin, nn.ModuleList([old[i] if isinstance(i, int) else i for i in order]))
@@ -129,3 +131,71 @@ def painters_logits(model: nn.Module, steps: list, input_ids: torch.Tensor,
     order = [int(s) if not hasattr(s, "blocks") else
              _Averaged([blocks[j] for j in s.blocks], list(s.blocks), s.iterations) for s in steps]
     return _logits(_with_blocks(model, order), input_ids, attention_mask)
+
+
+# ---------------------------------------------------------------------------- sublayers
+# He et al. (2024, LLM-Drop) and FinerCut: drop a block's attention or its MLP. Written out
+# per family from the block's own modules (no table shared with core.sublayer, no captured
+# arguments, no cache): the arguments are the ones the model passes the position.
+
+_SEQUENTIAL = ("llama", "mistral", "qwen2", "qwen3")
+
+
+class _SublayerRef(nn.Module):
+    """One ``schedule.Sublayer`` step at one position of the block list."""
+
+    def __init__(self, block: nn.Module, member: int, part: str, family: str):
+        super().__init__()
+        self.block, self.members, self.part, self.family = block, [member], part, family
+
+    def forward(self, hidden_states, *args, **kwargs):
+        b, h, f = self.block, hidden_states, self.family
+        if f in _SEQUENTIAL + ("gemma3_text",) and self.part == "attn":
+            a = b.self_attn(hidden_states=b.input_layernorm(h), **kwargs)[0]
+            return h + (b.post_attention_layernorm(a) if f == "gemma3_text" else a)
+        if f in _SEQUENTIAL and self.part == "mlp":
+            return h + b.mlp(b.post_attention_layernorm(h))
+        if f == "gemma3_text" and self.part == "mlp":
+            return h + b.post_feedforward_layernorm(b.mlp(b.pre_feedforward_layernorm(h)))
+        if f == "gpt2" and self.part == "attn":  # the model passes (past, mask, encoder states) positionally
+            past, mask = args[0], args[1]
+            kwargs.pop("encoder_attention_mask", None)
+            return h + b.attn(b.ln_1(h), past_key_values=past, attention_mask=mask, **kwargs)[0]
+        if f == "gpt2" and self.part == "mlp":
+            return h + b.mlp(b.ln_2(h))
+        if f == "gptj":  # parallel: both read ln_1 of the block input; the model reads out[0]
+            return (h + (b.attn(hidden_states=b.ln_1(h), **kwargs)[0] if self.part == "attn" else b.mlp(b.ln_1(h))),
+                    None)
+        raise ValueError(f"reference.run_sublayers: no reference for {f}")
+
+
+def sublayer_logits(model: nn.Module, steps: list, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits of ``model`` running ``steps``: block indices and ``schedule.Sublayer`` steps
+    (a copy of the model whose block list holds, per step, the block or a module computing
+    the one sublayer; Llama/Mistral/Qwen2, Gemma3, GPT-2 and GPT-J families)."""
+    blocks = arch.blocks(model)
+    family = arch.arch_of(model).name
+    order = [int(s) if not hasattr(s, "part") else _SublayerRef(blocks[s.block], s.block, s.part, family)
+             for s in steps]
+    return _logits(_with_blocks(model, order), input_ids, attention_mask)
+
+
+def run_sublayers(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  steps: list) -> torch.Tensor:
+    """The residual stream after ``steps`` (block indices and ``schedule.Sublayer`` steps),
+    before the final norm, [batch, seq, d_model] float32 on the CPU: a plain loop over the
+    block list of a copy of the model, recording the last position's output."""
+    blocks = arch.blocks(model)
+    family = arch.arch_of(model).name
+    order = [int(s) if not hasattr(s, "part") else _SublayerRef(blocks[s.block], s.block, s.part, family)
+             for s in steps]
+    twin = _with_blocks(model, order)
+    out = []
+    hook = arch.blocks(twin)[-1].register_forward_hook(
+        lambda module, args, o: out.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        _logits(twin, input_ids, attention_mask)
+    finally:
+        hook.remove()
+    return out[0].float().cpu()

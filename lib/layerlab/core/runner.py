@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import arch, schedule
+from . import arch, schedule, sublayer
 
 
 @dataclass
@@ -153,12 +153,18 @@ def run_blocks(model: nn.Module, state: ResidualState, h: torch.Tensor,
                steps: Iterable[schedule.Step]) -> torch.Tensor:
     """Run ``h`` [batch, seq, d_model] through a schedule and return the residual stream.
 
-    steps: a schedule (``layerlab.core.schedule``): block indices, and ``Parallel`` groups whose
+    steps: a schedule (``layerlab.core.schedule``): block indices, ``Parallel`` groups whose
     blocks read the same input, have their outputs averaged (summed in float32 by
     ``schedule.accumulate``, as scheduled models do), and are fed back
-    ``iterations`` times (Layers-as-Painters parallel / looped parallel). Each block runs
-    with the arguments captured for it.
+    ``iterations`` times (Layers-as-Painters parallel / looped parallel), and ``Sublayer``
+    steps (only the attention or only the MLP of a block, ``core.sublayer``). Each block,
+    and each block's attention, runs with the arguments captured for that block. A
+    malformed schedule, or sublayer steps on an encoder, is refused before any work.
     """
+    steps = list(steps)
+    schedule.validate(steps, state.n_layers, model)
+    spec = sublayer.family(model) if any(isinstance(s, schedule.Sublayer) for s in steps) else None
+    block_list = arch.blocks(model)
     for step in steps:
         if isinstance(step, schedule.Parallel):
             for _ in range(step.iterations):
@@ -167,6 +173,9 @@ def run_blocks(model: nn.Module, state: ResidualState, h: torch.Tensor,
                     out = call_block(model, state, j, h)
                     total = schedule.accumulate(total, out)
                 h = schedule.average(total, len(step.blocks), out.dtype)
+        elif isinstance(step, schedule.Sublayer):
+            rest, kw = state.block_args[step.block]
+            h = sublayer.run(spec, block_list[step.block], step.part, h, rest, kw)
         else:
             h = call_block(model, state, int(step), h)
     return h

@@ -1,9 +1,10 @@
 """Layer schedules (Sun et al. 2024, "Transformer Layers as Painters").
 
-A schedule is an explicit sequence of steps over a model's blocks: a block index, or a
+A schedule is an explicit sequence of steps over a model's blocks: a block index, a
 ``Parallel`` group of blocks with an iteration count (every block of the group reads the
 same input, their outputs are averaged, and the average is fed back ``iterations``
-times, as in the authors' implementation).
+times, as in the authors' implementation), or a ``Sublayer``: only the attention or only
+the MLP of one block (``core.sublayer``; dropping a sublayer is running the other one).
 
 Constructors build the paper's variants from L blocks and N outer blocks kept at each
 end; the middle blocks N..L-N-1 are the ones affected. A schedule runs
@@ -14,7 +15,8 @@ end; the middle blocks N..L-N-1 are the ones affected. A schedule runs
   ``with``): each executed position is a wrapper with its own KV-cache slot and, for
   Gemma3, the attention type of its block;
 * as a permanent, exportable edit (``apply``): the block list becomes the scheduled
-  blocks, so ``save_pretrained`` writes an ordinary checkpoint.
+  blocks, so ``save_pretrained`` writes an ordinary checkpoint (a ``Sublayer`` step: its
+  block with the other sublayer's output projection zeroed).
 
 Dropping blocks (Gromov et al.) is the schedule ``drop(L, blocks)``: the other blocks, once,
 in order. This is the library's one mechanism for running blocks in another order.
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import arch
+from . import arch, sublayer as sublayer_mod
 
 VARIANTS = ("skip", "middle_repeat", "reverse", "random", "parallel", "looped_parallel")
 
@@ -44,7 +46,32 @@ class Parallel:
     iterations: int = 1
 
 
-Step = int | Parallel
+@dataclass(frozen=True)
+class Sublayer:
+    """Only the attention ("attn") or only the MLP ("mlp") sublayer of block ``block``:
+    h + attn(norm(h)) or h + mlp(norm(h)), per family as ``core.sublayer`` defines it
+    (post norms included). [Sublayer(i, "attn"), Sublayer(i, "mlp")] is block i for the
+    sequential families."""
+
+    block: int
+    part: str
+
+    def __post_init__(self):
+        if isinstance(self.block, bool) or not isinstance(self.block, (int, np.integer)):
+            raise ValueError(f"Sublayer block must be an integer block index; got {self.block!r}")
+        sublayer_mod.check_part(self.part)
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """The block it belongs to, as a one-block tuple (code that counts blocks per step)."""
+        return (int(self.block),)
+
+    @property
+    def iterations(self) -> int:
+        return 1
+
+
+Step = int | Parallel | Sublayer
 
 
 def accumulate(total: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
@@ -63,17 +90,26 @@ def average(total: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
     return (total / size).to(dtype)
 
 
-def validate(steps: Sequence[Step], n_layers: int) -> None:
-    """Refuse a malformed schedule with a clear message."""
+def validate(steps: Sequence[Step], n_layers: int, model: nn.Module | None = None) -> None:
+    """Refuse a malformed schedule with a clear message. With ``model``, a schedule with
+    ``Sublayer`` steps is also refused for a family without sublayer steps (encoders)."""
     for s in steps:
+        if isinstance(s, bool):
+            raise ValueError(f"schedule step {s!r} is not a block index")
         blocks = (s,) if isinstance(s, (int, np.integer)) else getattr(s, "blocks", None)
-        if blocks is None:
-            raise ValueError(f"schedule step {s!r} is neither a block index nor a Parallel group")
+        if blocks is None or not isinstance(s, (int, np.integer, Parallel, Sublayer)):
+            raise ValueError(f"schedule step {s!r} is neither a block index, a Parallel group nor a Sublayer")
         if isinstance(s, Parallel):
             if len(blocks) == 0:
                 raise ValueError("a Parallel group needs at least one block")
+            if not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in blocks):
+                raise ValueError(f"a Parallel group's members must be block indices; got {blocks!r}")
             if not isinstance(s.iterations, int) or s.iterations < 1:
                 raise ValueError(f"Parallel iterations (k) must be an integer >= 1; got {s.iterations!r}")
+        if isinstance(s, Sublayer):
+            sublayer_mod.check_part(s.part)
+            if model is not None:
+                sublayer_mod.family(model)
         for b in blocks:
             if not 0 <= int(b) < n_layers:
                 raise ValueError(f"block index {b} out of range; allowed: 0..{n_layers - 1}")
@@ -131,74 +167,115 @@ def drop(n_layers: int, blocks: Sequence[int]) -> list[Step]:
 
 
 def describe(steps: Sequence[Step]) -> str:
-    return " ".join(str(s) if isinstance(s, int) else f"[{','.join(map(str, s.blocks))}]x{s.iterations}"
-                    for s in steps)
+    """A schedule in one line: "0 1 [2,3]x2 4.attn 5.mlp"."""
+    return " ".join(f"{s.block}.{s.part}" if isinstance(s, Sublayer) else str(int(s)) if not isinstance(s, Parallel)
+                    else f"[{','.join(map(str, s.blocks))}]x{s.iterations}" for s in steps)
 
 
 # ---------------------------------------------------------------------------- as a model
 
 class _Slot(nn.Module):
-    """One executed position of a schedule: runs a shared block with its own KV-cache slot.
+    """One executed position of a schedule: runs a shared block, or only its attention
+    (``part="attn"``), with its own KV-cache slot.
 
     For a member of a parallel group, the group's input is kept in ``group`` (a dict
     shared by its members): the first member of an iteration records it, every member
     runs its block on it and adds to the float32 sum (``accumulate``), and the last member
     returns the average (``average``), the same numbers as ``runner.run_blocks``.
+
+    An MLP-only step has no attention, hence no cache: it rides along with the position
+    before it (``after``: blocks whose MLP runs on this position's output, in order) or,
+    before the schedule's first attention, with the first position (``before``). So every
+    cache slot is written by an attention, and the cache's length (read from slot 0) is
+    right during generation.
     """
 
     def __init__(self, block: nn.Module, slot: int, group: dict | None = None, first: bool = False,
-                 last: bool = False, size: int = 1):
+                 last: bool = False, size: int = 1, part: str | None = None,
+                 spec: sublayer_mod.Family | None = None):
         super().__init__()
         self.block = block  # shared with the original model, not copied
         self.slot, self.group, self.first, self.last, self.size = slot, group, first, last, size
+        self.part, self.spec = part, spec
+        self.before, self.after = nn.ModuleList(), nn.ModuleList()  # shared blocks whose MLP runs
+
+    def _mlps(self, blocks: nn.ModuleList, h: torch.Tensor) -> torch.Tensor:
+        for b in blocks:
+            h = sublayer_mod.run(self.spec, b, "mlp", h)
+        return h
+
+    def _run(self, hidden_states, args, kwargs):
+        if self.part == "attn":
+            out = sublayer_mod.run(self.spec, self.block, "attn", hidden_states, args, kwargs)
+            return (out, None) if self.spec.tuple_output else out
+        if self.group is None:
+            return self.block(hidden_states, *args, **kwargs)
+        if self.first:
+            self.group["input"], self.group["sum"] = hidden_states, None
+        raw = self.block(self.group["input"], *args, **kwargs)
+        out = raw[0] if isinstance(raw, tuple) else raw
+        self.group["sum"] = accumulate(self.group["sum"], out)
+        # the next member reads group["input"]; the last returns the average. Either way the
+        # output keeps the block's own form (a tuple for GPT-J/GPT-2 style blocks)
+        result = hidden_states
+        if self.last:
+            result = average(self.group["sum"], self.size, out.dtype)
+            self.group["input"] = self.group["sum"] = None  # free the group's tensors
+        return (result, *raw[1:]) if isinstance(raw, tuple) else result
 
     def forward(self, hidden_states, *args, **kwargs):
+        hidden_states = self._mlps(self.before, hidden_states)
         owners = [m for m in self.block.modules() if hasattr(m, "layer_idx") and isinstance(m.layer_idx, int)]
         saved = [m.layer_idx for m in owners]
         for m in owners:
             m.layer_idx = self.slot
         try:
-            if self.group is None:
-                return self.block(hidden_states, *args, **kwargs)
-            if self.first:
-                self.group["input"], self.group["sum"] = hidden_states, None
-            raw = self.block(self.group["input"], *args, **kwargs)
-            out = raw[0] if isinstance(raw, tuple) else raw
-            self.group["sum"] = accumulate(self.group["sum"], out)
-            # the next member reads group["input"]; the last returns the average. Either way the
-            # output keeps the block's own form (a tuple for GPT-J/GPT-2 style blocks)
-            result = hidden_states
-            if self.last:
-                result = average(self.group["sum"], self.size, out.dtype)
-                self.group["input"] = self.group["sum"] = None  # free the group's tensors
-            return (result, *raw[1:]) if isinstance(raw, tuple) else result
+            raw = self._run(hidden_states, args, kwargs)
         finally:
             for m, idx in zip(owners, saved):
                 m.layer_idx = idx
+        if not len(self.after):
+            return raw
+        if isinstance(raw, tuple):
+            return (self._mlps(self.after, raw[0]), *raw[1:])
+        return self._mlps(self.after, raw)
 
 
 @contextmanager
 def scheduled(model: nn.Module, steps: Sequence[Step]) -> Iterator[nn.Module]:
     """Run ``model`` with a schedule for the duration of the block, as a real model:
     ``model(...)`` and ``model.generate(...)`` work, with one KV-cache slot per executed
-    block position and ``config.layer_types`` following the blocks. Weights are shared;
-    the original block list and config are restored on exit."""
+    attention (a block, a parallel-group member or an attention ``Sublayer``; see
+    ``_Slot`` for MLP-only steps) and ``config.layer_types`` following the blocks.
+    Weights are shared; the original block list and config are restored on exit."""
     old_blocks = arch.blocks(model)
-    validate(steps, len(old_blocks))
+    validate(steps, len(old_blocks), model)
+    spec = sublayer_mod.family(model) if any(isinstance(s, Sublayer) for s in steps) else None
     types = arch.layer_types(model)
     slots: list[_Slot] = []
     slot_types: list[str] = []
+    leading: list[nn.Module] = []  # MLP-only steps before the first position
     for s in steps:
-        if isinstance(s, (int, np.integer)):
-            slots.append(_Slot(old_blocks[int(s)], len(slots)))
+        if isinstance(s, Sublayer):
+            if s.part == "mlp":
+                (slots[-1].after if slots else leading).append(old_blocks[s.block])
+                continue
+            slots.append(_Slot(old_blocks[s.block], len(slots), part="attn", spec=spec))
+            slot_types.append(types[s.block] if types else None)
+        elif isinstance(s, (int, np.integer)):
+            slots.append(_Slot(old_blocks[int(s)], len(slots), spec=spec))
             slot_types.append(types[int(s)] if types else None)
-            continue
-        for _ in range(s.iterations):
-            group: dict = {}
-            for j, b in enumerate(s.blocks):
-                slots.append(_Slot(old_blocks[b], len(slots), group, first=j == 0, last=j == len(s.blocks) - 1,
-                                   size=len(s.blocks)))
-                slot_types.append(types[b] if types else None)
+        else:
+            for _ in range(s.iterations):
+                group: dict = {}
+                for j, b in enumerate(s.blocks):
+                    slots.append(_Slot(old_blocks[b], len(slots), group, first=j == 0, last=j == len(s.blocks) - 1,
+                                       size=len(s.blocks), spec=spec))
+                    slot_types.append(types[b] if types else None)
+    if not slots:
+        raise ValueError("scheduled: a schedule of MLP sublayers only has no attention, hence no KV cache to run "
+                         "with; run it with runner.run_blocks")
+    slots[0].before.extend(leading)
     old_n = model.config.num_hidden_layers
     try:
         arch.replace_blocks(model, nn.ModuleList(slots))
@@ -220,26 +297,32 @@ def _set_layer_indices(block: nn.Module, index: int) -> None:
 
 
 def apply(model: nn.Module, steps: Sequence[Step]) -> None:
-    """Make a schedule of block indices a permanent edit of ``model``: its block list
-    becomes the scheduled blocks (a block scheduled twice is deep-copied, so every
-    position has its own module), ``layer_idx`` renumbered (KV-cache slots),
-    ``config.num_hidden_layers`` and, for Gemma3, ``config.layer_types`` following the
-    blocks. The result is an ordinary model (``save_pretrained`` writes a checkpoint
-    plain transformers loads). ``Parallel`` groups have no such form: use ``scheduled``."""
+    """Make a schedule of block indices and ``Sublayer`` steps a permanent edit of
+    ``model``: its block list becomes the scheduled blocks (a block scheduled twice is
+    deep-copied, so every position has its own module), ``layer_idx`` renumbered (KV-cache
+    slots), ``config.num_hidden_layers`` and, for Gemma3, ``config.layer_types`` following
+    the blocks. A ``Sublayer`` step is its block with the other sublayer's output
+    projection set to zero (``sublayer.zero_part``: that sublayer then adds exactly 0).
+    The result is an ordinary model (``save_pretrained`` writes a checkpoint plain
+    transformers loads). ``Parallel`` groups have no such form: use ``scheduled``."""
     old = arch.blocks(model)
-    validate(steps, len(old))
+    validate(steps, len(old), model)
     if any(isinstance(s, Parallel) for s in steps):
         raise ValueError("apply: a Parallel group has no plain-model form; run it with schedule.scheduled "
                          "or runner.run_blocks")
     types = arch.layer_types(model)
+    index = [s.block if isinstance(s, Sublayer) else int(s) for s in steps]
     seen: set[int] = set()
     new = []
-    for s in steps:
-        new.append(copy.deepcopy(old[int(s)]) if int(s) in seen else old[int(s)])
-        seen.add(int(s))
+    for b in index:  # every copy is taken from an untouched original, before any zeroing
+        new.append(copy.deepcopy(old[b]) if b in seen else old[b])
+        seen.add(b)
+    for s, block in zip(steps, new):
+        if isinstance(s, Sublayer):
+            sublayer_mod.zero_part(model, block, "mlp" if s.part == "attn" else "attn")
     for position, block in enumerate(new):
         _set_layer_indices(block, position)
     arch.replace_blocks(model, nn.ModuleList(new))
     model.config.num_hidden_layers = len(new)
     if types is not None:
-        model.config.layer_types = [types[int(s)] for s in steps]
+        model.config.layer_types = [types[b] for b in index]

@@ -7,6 +7,14 @@ rho = 1 returns W itself, bit for bit.
 
 ``part="top"`` keeps the top-k components (LASER). ``part="bottom"`` keeps the components
 LASER removes, W - W_k (the paper's Fig. 5 analysis of higher-order components).
+``part="smallest"`` keeps only the k SMALLEST components, the sum of the last k singular
+triplets (the bottom-k ablation the LASER authors suggest in their issue #26); rho = 1
+keeps every component, W itself.
+
+``mp_rank`` gives a rank without any search: the count of singular values above a
+Marchenko-Pastur edge estimated from the spectrum itself (laserRMT's rule, or the
+textbook edge of i.i.d. noise with its level estimated iteratively), and ``mp_reduction``
+the Reduction that keeps exactly that many (rho = k / max_rank).
 
 One exact SVD per matrix (``SVDCache``, bounded by a byte budget, originals on the CPU),
 reused for every rho; reductions are context managers that restore the kept original
@@ -25,7 +33,8 @@ from torch import nn
 
 from layerlab.core import arch
 
-PARTS = ("top", "bottom")
+PARTS = ("top", "bottom", "smallest")
+IQR_TO_SIGMA = 1.349  # the interquartile range of a standard normal: sigma = IQR / 1.349
 
 
 @dataclass(frozen=True)
@@ -186,14 +195,83 @@ def low_rank(w: torch.Tensor, rho: float, part: str = "top") -> torch.Tensor:
 
 
 def _approximate(w: torch.Tensor, rho: float, part: str, svd) -> torch.Tensor:
-    """The top-k part of W (or the rest, part='bottom'); ``svd()`` is called only when
-    k < max rank, so rho = 1 returns W itself without any SVD."""
+    """The top-k part of W (or the rest, part='bottom'; or the k smallest components,
+    part='smallest'); ``svd()`` is called only when k < max rank, so rho = 1 returns W
+    itself without any SVD (an empty remainder for 'bottom')."""
     k = rank_for(rho, min(w.shape))
     if k == min(w.shape):
-        return w.clone() if part == "top" else torch.zeros_like(w)
+        return w.clone() if part in ("top", "smallest") else torch.zeros_like(w)
     u, s, vh = svd()
-    keep = slice(0, k) if part == "top" else slice(k, None)
+    keep = {"top": slice(0, k), "bottom": slice(k, None), "smallest": slice(len(s) - k, None)}[part]
     return ((u[:, keep] * s[keep]) @ vh[keep]).to(w.dtype)
+
+
+def mp_edge(s: torch.Tensor, shape: tuple[int, int]) -> tuple[float, float]:
+    """laserRMT's Marchenko-Pastur edge from a matrix's own singular values ``s`` [r]
+    (any order) of a matrix of ``shape`` (out, in): sigma = (q75(s) - q25(s)) / 1.349
+    (quantiles of the singular values, linear interpolation as ``torch.quantile``),
+    beta = min(out, in) / max(out, in), edge = sigma * (1 + sqrt(beta)). Computed in
+    float64. Returns (edge, sigma), in the units of the singular values."""
+    s = s.detach().double().cpu()
+    q25, q75 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    sigma = float(q75 - q25) / IQR_TO_SIGMA
+    beta = min(shape) / max(shape)
+    return sigma * (1 + math.sqrt(beta)), sigma
+
+
+def iterative_edge(s: torch.Tensor, shape: tuple[int, int], max_iter: int = 100) -> tuple[float, float]:
+    """The textbook Marchenko-Pastur bulk edge of a rank-k signal plus i.i.d. noise of
+    per-entry standard deviation tau: edge = tau * (sqrt(out) + sqrt(in) + TW99 / 2 *
+    (1/sqrt(out) + 1/sqrt(in))^(1/3)), the bulk edge plus the 99th percentile of the
+    largest noise singular value's Tracy-Widom fluctuation (Johnstone 2001), with tau
+    estimated from the energy of the components below the edge, tau^2 = sum_{i>k} s_i^2 /
+    ((out - k)(in - k)), iterated from k = 0 until k stops changing. ``s`` [r] singular
+    values in descending order. Returns (edge, tau), in the units of the singular values."""
+    s = s.detach().double().cpu()
+    n, m = shape
+    k, seen = 0, set()
+    while k not in seen and len(seen) < max_iter:
+        seen.add(k)
+        tau = math.sqrt(float((s[k:] ** 2).sum()) / max((n - k) * (m - k), 1))
+        edge = tau * (math.sqrt(n) + math.sqrt(m) + TW99 / 2 * (1 / math.sqrt(n) + 1 / math.sqrt(m)) ** (1 / 3))
+        k = min(int((s > edge).sum()), min(n, m) - 1)
+    return edge, tau
+
+
+MP_RULES = ("laserrmt", "iterative")
+TW99 = 2.02  # 99th percentile of the Tracy-Widom (beta = 1) law
+
+
+def mp_rank(w: torch.Tensor, rule: str = "laserrmt") -> dict:
+    """The Marchenko-Pastur rank of W [out, in]: singular values of W itself in float64,
+    k = #(s > edge). rule "laserrmt" (``rmt_laser.py``): ``mp_edge``, sigma from the
+    singular values' interquartile range; "iterative": ``iterative_edge``, the noise level
+    estimated per entry (the edge of pure Gaussian noise). Returns {k, max_rank, edge,
+    sigma, rho} with rho = max(k, 1) / max_rank (a Reduction keeps at least one component:
+    k = 0 is reported as k and reduced to rank 1)."""
+    if rule not in MP_RULES:
+        raise ValueError(f"rule: {rule!r} is not one of {', '.join(MP_RULES)}")
+    return mp_rank_of(torch.linalg.svdvals(w.detach().double().cpu()), tuple(w.shape), rule)
+
+
+def mp_rank_of(s: torch.Tensor, shape: tuple[int, int], rule: str = "laserrmt") -> dict:
+    """``mp_rank`` from the singular values ``s`` [r] (descending, float64) of a matrix of
+    ``shape`` (out, in), so several rules share one SVD."""
+    if rule not in MP_RULES:
+        raise ValueError(f"rule: {rule!r} is not one of {', '.join(MP_RULES)}")
+    edge, sigma = (mp_edge if rule == "laserrmt" else iterative_edge)(s, shape)
+    k, r = int((s > edge).sum()), min(shape)
+    return {"k": k, "max_rank": r, "edge": edge, "sigma": sigma, "rho": max(k, 1) / r}
+
+
+def mp_reduction(model: nn.Module, matrix_type: str, layer: int, cache: SVDCache | None = None,
+                 rule: str = "laserrmt") -> Reduction:
+    """The Reduction of (matrix_type, layer) that keeps its ``mp_rank`` top components:
+    rho = k / max_rank, so ``rank_for(rho, max_rank) == k`` (rho = 1, the identity, when
+    every singular value lies above the edge). Reads the unmodified weight (from ``cache``
+    when given)."""
+    w = cache.original(matrix_type, layer) if cache is not None else arch.weight(model, matrix_type, layer).read()
+    return Reduction(matrix_type, layer, mp_rank(w, rule)["rho"])
 
 
 def validate(model: nn.Module, matrix_types: Iterable[str], layers: Iterable[int], rhos: Iterable[float]) -> None:
