@@ -204,3 +204,26 @@ def test_swapped_predictions_match_direct_edits(tmp_path):
     assert analysis.summary(frame)["items"].sum() == len(test)
     with pytest.raises(ValueError, match="keeps every component"):
         spectrum.swapped_predictions(sweeper, rank.Reduction("mlp_in", 2, 1.0), generic)
+
+
+def test_spectrum_points_stay_out_of_the_laser_chapters_table(tmp_path):
+    """Bottom-k and MP points share (matrix type, layer, rho) with LASER's grid points: stored in
+    the chapter's table they made its selection see two rows per point (the smoke book's comparison
+    page failed on it). The variants' sweeper keeps its own tables."""
+    from layerlab.core import results
+    from layerlab.laser import rank, sweep as laser
+    from tiny import CharTokenizer, facts_file, tiny_model
+
+    model = tiny_model("llama")
+    task = laser.build_task(str(facts_file(tmp_path, 20)))
+    store = results.ResultStore(tmp_path / "r")
+    chapter = laser.Sweeper(model, CharTokenizer(), "tiny", task, store, max_tokens_per_batch=128)
+    variants = laser.Sweeper(model, CharTokenizer(), "tiny", task, store, max_tokens_per_batch=128,
+                             technique=spectrum.TECHNIQUE)
+    top = [rank.Reduction("mlp_in", 3, 0.5)]
+    table = laser.sweep(chapter, ["mlp_in"], [3], [0.5], progress=False)
+    variants.points([top, [rank.Reduction("mlp_in", 3, 0.5, "smallest")]])
+    assert len(store.table("laser")) == len(table)  # nothing added to the chapter's table
+    assert set(store.table(spectrum.TECHNIQUE)["technique"]) == {spectrum.TECHNIQUE}
+    assert variants.key(top) != chapter.key(top)
+    laser.select_best(store.table("laser"))  # one row per point: no "mixes protocols" error

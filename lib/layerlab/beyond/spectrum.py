@@ -39,6 +39,9 @@ UNMODIFIED, LASER, SMALLEST = "unmodified", "LASER (top k, chosen on val)", "bot
 RULE_NAMES = {"laserrmt": "laserRMT edge", "iterative": "iterative noise edge"}
 
 
+TECHNIQUE = "laser_spectrum"  # the variants' points (and "laser_spectrum_items")
+
+
 def composed(rule: str) -> str:
     """The variant name of every MP reduction of ``rule`` composed."""
     return f"MP ({RULE_NAMES[rule]}), composed"
@@ -151,8 +154,13 @@ def run_dataset(model: nn.Module, tokenizer, model_name: str, store, dataset: st
     (name -> per-item rows: item, split, correct, nll), sweeper}."""
     limit = cfg["limits"][dataset]
     task = laser.build_task(dataset, data_dir, limit, seed)
-    sweeper = laser.Sweeper(model, tokenizer, model_name, task, store, seed=seed, limit=limit, svd=svd)
-    best, source = select(sweeper, cfg["matrix_types"], cfg["layers"], cfg["rhos"][dataset])
+    chapter = laser.Sweeper(model, tokenizer, model_name, task, store, seed=seed, limit=limit, svd=svd)
+    best, source = select(chapter, cfg["matrix_types"], cfg["layers"], cfg["rhos"][dataset])
+    chapter.release()
+    # the variants in a table of their own: MP ranks and bottom-k are not points of LASER's grid, and the
+    # LASER chapter's selection and claims must never see them
+    sweeper = laser.Sweeper(model, tokenizer, model_name, task, store, seed=seed, limit=limit, svd=chapter.svd,
+                            technique=TECHNIQUE)
     mp = mp_table(model, cfg["matrix_types"], cfg["layers"], sweeper.svd, cfg["rules"])
     named = variants(best, mp)
     sweeper.points(list(named.values()))

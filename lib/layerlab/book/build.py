@@ -37,28 +37,46 @@ QWEN_QUICK = [
     ("prune", QWEN, {"eval_tasks": ["mmlu"], "heuristic_tasks": ["mmlu"], "limit": 100,
                      "fractions": [0, 0.1, 0.2, 0.3, 0.4, 0.5], "heal": False, "payoff_fractions": []}),
 ]
+# "Beyond the papers": which blocks matter (criteria against the truth), sublayer surgery,
+# healing by the head and last blocks, LASER without a search and the bottom of the spectrum.
+BEYOND = {
+    "smoke": [("beyond_criteria", "smollm2-135m", {"mmlu": False}), ("beyond_sublayers", "smollm2-135m", {}),
+              ("beyond_healing", "smollm2-135m", {}), ("beyond_laser", "smollm2-135m", {})],
+    # after the LASER and prune chapters, whose stored points they reuse (LASER's sweep, the LoRA heals);
+    # smollm2 is at chance on MMLU: its truth is the held-out loss. Qwen's maps are in the full profile.
+    "quick": [("beyond_criteria", "smollm2-135m", {"mmlu": False}), ("beyond_sublayers", "smollm2-135m", {}),
+              ("beyond_healing", "smollm2-135m", {"methods": ["similarity"]}), ("beyond_laser", "smollm2-135m", {})],
+    "full": [("beyond_criteria", "smollm2-135m", {"mmlu": False}), ("beyond_criteria", QWEN, {}),
+             ("beyond_sublayers", "smollm2-135m", {}), ("beyond_sublayers", QWEN, {"tasks": ["mmlu"], "limit": 100}),
+             ("beyond_healing", "smollm2-135m", {}), ("beyond_healing", QWEN, {}),
+             ("beyond_laser", "smollm2-135m", {}), ("beyond_laser", QWEN, {})],
+}
 # (technique notebook, model, extra parameters) per profile
 PLANS: dict[str, list[tuple[str, str, dict]]] = {
     "smoke": [("laser", "smollm2-135m", {}), ("laser_sokoban", "sokoban-dt", {}), ("prune", "smollm2-135m", {}),
-              ("painters", "smollm2-135m", {"encoder": "minilm-l6"})],
+              ("painters", "smollm2-135m", {"encoder": "minilm-l6"}), *BEYOND["smoke"]],
     # gemma3-270m's deeper-layers run (23 min cold in fp32, at chance on MMLU) is in the full profile,
     # making room for Qwen2.5-Coder-1.5B, which can show the MMLU collapse.
     "quick": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}), QWEN_QUICK[0],
               ("prune", "smollm2-135m", {}), QWEN_QUICK[1],
               ("painters", "smollm2-135m", {"encoder": "minilm-l6"}),
-              ("laser_sokoban", "sokoban-dt", {})],
+              ("laser_sokoban", "sokoban-dt", {}), *BEYOND["quick"]],
     "full": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}), ("laser", QWEN, {}),
              ("laser_sokoban", "sokoban-dt", {}),
              ("prune", "smollm2-135m", {}), ("prune", "gemma3-270m", {}), ("prune", QWEN, {}),
              ("painters", "smollm2-135m", {"encoder": "minilm-l6"}), ("painters", "gemma3-270m", {"encoder": ""}),
-             ("painters", QWEN, {"encoder": ""})],
+             ("painters", QWEN, {"encoder": ""}), *BEYOND["full"]],
 }
-LANGUAGE_MODEL_CHAPTERS = ("laser", "prune", "painters")  # what --dtype applies to (the Sokoban agent keeps its own)
+BEYOND_NOTEBOOKS = ("beyond_criteria", "beyond_sublayers", "beyond_healing", "beyond_laser")
+# what --dtype applies to (the Sokoban agent keeps its own)
+LANGUAGE_MODEL_CHAPTERS = ("laser", "prune", "painters", *BEYOND_NOTEBOOKS)
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
            '<rect x="1" y="2" width="14" height="3" fill="#4c78a8"/><rect x="1" y="7" width="14" height="3" '
            'fill="#f58518"/><rect x="1" y="12" width="14" height="3" fill="#54a24b"/></svg>')
-CHAPTERS = {"laser": "book/laser", "prune": "book/prune", "painters": "book/painters"}
-CHAPTER_OF = {"laser": "laser", "laser_sokoban": "laser", "prune": "prune", "painters": "painters"}  # notebook -> chapter
+CHAPTERS = {"laser": "book/laser", "prune": "book/prune", "painters": "book/painters", "beyond": "book/beyond"}
+PARTS = {"Replications": ("laser", "prune", "painters"), "Beyond the papers": ("beyond",)}
+CHAPTER_OF = {"laser": "laser", "laser_sokoban": "laser", "prune": "prune", "painters": "painters",
+              **{name: "beyond" for name in BEYOND_NOTEBOOKS}}  # notebook -> chapter
 RESULT_PAGES = ("comparison.ipynb", "reproducibility.ipynb")  # pages that only read the results
 
 
@@ -69,13 +87,15 @@ def executed_name(technique: str, model: str) -> str:
 def toc(profile: str) -> str:
     """The table of contents for a profile's executed notebooks."""
     plan = PLANS[profile]
-    lines = ["format: jb-book", "root: book/intro", "parts:", "  - caption: Replications", "    chapters:"]
-    for technique, chapter in CHAPTERS.items():
-        lines.append(f"      - file: {chapter}")
-        runs = [executed_name(t, m) for t, m, _ in plan if CHAPTER_OF[t] == technique]
-        if runs:
-            lines.append("        sections:")
-            lines += [f"          - file: book/executed/{name}" for name in runs]
+    lines = ["format: jb-book", "root: book/intro", "parts:"]
+    for caption, chapters in PARTS.items():
+        lines += [f"  - caption: {caption}", "    chapters:"]
+        for technique in chapters:
+            lines.append(f"      - file: {CHAPTERS[technique]}")
+            runs = [executed_name(t, m) for t, m, _ in plan if CHAPTER_OF[t] == technique]
+            if runs:
+                lines.append("        sections:")
+                lines += [f"          - file: book/executed/{name}" for name in runs]
     lines += ["  - caption: Synthesis", "    chapters:", "      - file: book/comparison",
               "  - caption: Appendix", "    chapters:", "      - file: book/reproducibility"]
     return "\n".join(lines) + "\n"

@@ -108,7 +108,9 @@ class Sweeper:
 
     def __init__(self, model: nn.Module, tokenizer, model_name: str, task: Task, store: results.ResultStore,
                  seed: int = 0, limit: int | None = None, max_tokens_per_batch: int = 4096,
-                 svd: rank.SVDCache | None = None, state_bytes: int | str | None = "auto"):
+                 svd: rank.SVDCache | None = None, state_bytes: int | str | None = "auto",
+                 technique: str = TECHNIQUE):
+        self.technique = technique  # where points are stored: "laser" (the chapter) or another table
         self.model, self.tok, self.model_name, self.task, self.store = model, tokenizer, model_name, task, store
         self.seed, self.limit = seed, limit
         self.split_spec = f"val20-test80-seed{seed}-n{task.n_items}-limit{limit}"
@@ -139,12 +141,12 @@ class Sweeper:
         self._scorer = self._batches = None
 
     def key(self, reductions: list[rank.Reduction]) -> str:
-        return results.point_key(self.model_name, TECHNIQUE, [r.as_dict() for r in reductions],
+        return results.point_key(self.model_name, self.technique, [r.as_dict() for r in reductions],
                                  self.task.name, self.split_spec, models.runtime(self.model))
 
     def _stored(self, key: str) -> bool:
         # both shards of the point must read (an unreadable one is moved aside and recomputed)
-        return self.store.has(TECHNIQUE, key) and self.store.has("laser_items", key)
+        return self.store.has(self.technique, key) and self.store.has(f"{self.technique}_items", key)
 
     def row_scores(self, edits: list[list[rank.Reduction]]):
         """Yields (index into ``edits``, scoring.RowScores) for each list of reductions,
@@ -164,13 +166,13 @@ class Sweeper:
         for i, scores in self.row_scores([p for _, p in todo]):
             key, reductions = todo[i]
             per_item = item_metrics(self.task, scores)
-            self.store.put("laser_items", key, per_item.assign(
-                model=self.model_name, technique="laser_items", dataset=self.task.name, split=self.splits,
+            self.store.put(f"{self.technique}_items", key, per_item.assign(
+                model=self.model_name, technique=f"{self.technique}_items", dataset=self.task.name, split=self.splits,
                 metric="item", value=per_item["correct"], n_items=1))
-            self.store.put(TECHNIQUE, key, summarise(per_item, self.splits, self._describe(reductions)))
+            self.store.put(self.technique, key, summarise(per_item, self.splits, self._describe(reductions)))
             done.update()
         done.close()
-        return [self.store.get(TECHNIQUE, k) for k in keys]
+        return [self.store.get(self.technique, k) for k in keys]
 
     def point(self, reductions: list[rank.Reduction]) -> pd.DataFrame:
         """Summary rows of one point (computed and stored if absent)."""
@@ -183,21 +185,21 @@ class Sweeper:
     def items(self, reductions: list[rank.Reduction]) -> pd.DataFrame:
         """Stored per-item rows of a point (computing it first if needed)."""
         self.point(reductions)
-        return self.store.get("laser_items", self.key(reductions))
+        return self.store.get(f"{self.technique}_items", self.key(reductions))
 
     def validation_only(self) -> "Sweeper":
         """A sweeper over this one's validation items only (for searches that must not
         look at test items, at a fifth of the cost); its points are stored separately."""
         val = np.flatnonzero(self.splits == "val")
         sub = Sweeper(self.model, self.tok, self.model_name, self.task.subset(val), self.store,
-                      self.seed, self.limit, self.max_tokens, self.svd, self.state_bytes)
+                      self.seed, self.limit, self.max_tokens, self.svd, self.state_bytes, self.technique)
         sub.split_spec = self.split_spec + "-valonly"
         sub.splits = np.array(["val"] * len(val), dtype=object)
         return sub
 
     def _describe(self, reductions: list[rank.Reduction]) -> dict:
         one = reductions[0] if len(reductions) == 1 else None
-        return {"model": self.model_name, **results.runtime_columns(models.runtime(self.model)), "technique": TECHNIQUE, "dataset": self.task.name, "protocol": self.split_spec,
+        return {"model": self.model_name, **results.runtime_columns(models.runtime(self.model)), "technique": self.technique, "dataset": self.task.name, "protocol": self.split_spec,
                 "matrix_type": one.matrix_type if one else ("base" if not reductions else "composed"),
                 "layer": one.layer if one else -1, "rho": one.rho if one else 1.0,
                 "part": one.part if one else "top", "n_reductions": len(reductions),
