@@ -134,7 +134,7 @@ def linear_fit_scores(samples: Sequence[torch.Tensor], ns: Sequence[int], ridge:
             num = torch.zeros(docs, len(outs), dtype=torch.float64).index_add_(0, who, (resid ** 2).sum(-1).double())
             den = torch.zeros(docs, len(outs), dtype=torch.float64).index_add_(0, who, (target ** 2).sum(-1).double())
             for j, b in enumerate(outs):
-                out[test, list(ns).index(b - layer), layer] = (num[test, j] / den[test, j]).numpy()
+                out[test, list(ns).index(b - layer), layer] = (num[test, j] / den[test, j]).cpu().numpy()
     return out
 
 

@@ -139,7 +139,7 @@ def similarities(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tenso
         last = (state.attention_mask.sum(1) - 1)
         rows = torch.arange(ids.shape[0], device=last.device)
         last_states.append(torch.stack([h[rows, last].float().cpu() for h in state.hidden]))
-    mean = (sums / count).numpy()
+    mean = (sums / count).cpu().numpy()
     frame = pd.DataFrame([{"kind": kind, "block": j, "value": float(mean[i, j]), "tokens": count}
                           for i, kind in enumerate(("attn", "mlp", "block")) for j in range(n)])
     return frame, prune.angular_distances(torch.cat(last_states, dim=1))
