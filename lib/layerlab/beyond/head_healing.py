@@ -49,11 +49,7 @@ def profile_config(profile: str, **overrides) -> dict:
     this section's settings: fractions (n = round(f * L), one healed model per method and
     n), tasks (lm-eval), methods (pruning methods healed), partial_lr (None: LoRA's rate), last (blocks trained), tied
     (``PartialConfig.tied``); every non-None override applied and validated."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise ValueError(f"unknown settings {unknown}; allowed: {', '.join(OVERRIDABLE)}")
+    params.check_names(profile, PROFILES, overrides, OVERRIDABLE)
     own = dict(partial_lr=None, last=3, tied="untie", methods=list(prune.METHODS)) | PROFILES[profile]
     prune_keys = {k: v for k, v in (own | overrides).items() if k in curve.OVERRIDABLE and v is not None}
     cfg = curve.profile_config(profile, heal_fractions=own["fractions"], **prune_keys)

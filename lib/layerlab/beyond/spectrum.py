@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, stats, verdicts
+from layerlab.core import arch, params, stats, verdicts
 from layerlab.laser import rank, sweep as laser
 from layerlab.laser.analysis import GROUPS
 from layerlab.laser.claims import NONE_CHOSEN
@@ -60,13 +60,7 @@ def profile_config(profile: str, n_layers: int, **overrides) -> dict:
     LASER chapter's for that dataset (its full grid's rhos on the main dataset, the reduced
     grid's on the others; its item limits), so its stored sweep points are reused. A list
     or an int applies to every dataset."""
-    from layerlab.core import params
-
-    if profile not in PROFILES:
-        raise ValueError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise ValueError(f"unknown settings {unknown}; allowed: {', '.join(OVERRIDABLE)}")
+    params.check_names(profile, PROFILES, overrides, OVERRIDABLE)
     lc = laser.profile_config(profile, n_layers, MATRIX_TYPES)
     # quick: CounterFact only (about 90 points of 100 items there; a second dataset doubles it)
     datasets = {"smoke": ["counterfact"], "quick": ["counterfact"], "full": list(laser.DATASETS)}[profile]

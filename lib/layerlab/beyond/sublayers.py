@@ -54,11 +54,7 @@ OVERRIDABLE = ("fractions", "methods", "calib_docs", "calib_len", "loss_docs", "
 def profile_config(profile: str, n_layers: int | None = None, **overrides) -> dict:
     """The profile's settings (notebook overrides that are not None applied and validated),
     plus, given ``n_layers``, ``blocks``: the whole-block counts n = round(f * n_layers) >= 1."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise ValueError(f"unknown settings {unknown}; allowed: {', '.join(OVERRIDABLE)}")
+    params.check_names(profile, PROFILES, overrides, OVERRIDABLE)
     cfg = params.override(PROFILES[profile], **overrides)
     bad = [f for f in cfg["fractions"] if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1]
     if bad:

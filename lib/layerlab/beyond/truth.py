@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, data, edits as edits_mod, evaluation, models, prefix_eval, results, schedule
+from layerlab.core import arch, data, edits as edits_mod, evaluation, models, params, prefix_eval, results, schedule
 from layerlab.core.lm_loss import chunk_losses, text_chunks
 from .criteria import check_ns
 
@@ -61,11 +61,7 @@ def profile_config(profile: str, n_layers: int, **overrides) -> dict:
     per document in the linear fit), n_boot, mmlu_ns (block counts of the MMLU map: 25% in
     quick, 12.5% and 25% in full), mmlu_limit (MMLU items) and batch_size. Block counts
     outside 1..L-2 are left out of the defaults and refused in overrides."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise ValueError(f"unknown settings {unknown}; allowed: {', '.join(OVERRIDABLE)}")
+    params.check_names(profile, PROFILES, overrides, OVERRIDABLE)
     p = PROFILES[profile]
     fit = lambda ns: [n for n in ns if 1 <= n <= n_layers - 2]  # noqa: E731
     cfg = {k: p[k] for k in ("docs", "seq_len", "fit_tokens", "n_boot", "mmlu_limit", "batch_size")}

@@ -36,3 +36,13 @@ def override(defaults: dict, **given) -> dict:
         spells_list = isinstance(value, str) and value.strip().startswith("[")
         cfg[name] = as_list(name, value) if isinstance(defaults.get(name), list) or spells_list else value
     return cfg
+
+
+def check_names(profile: str, profiles, overrides: dict, overridable) -> None:
+    """Refuse, before any work, a profile not in ``profiles`` and an override whose name is
+    not in ``overridable``, naming the allowed values."""
+    if profile not in profiles:
+        raise ValueError(f"profile: {profile!r} is not one of {', '.join(profiles)}")
+    unknown = sorted(set(overrides) - set(overridable))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; allowed: {', '.join(overridable)}")

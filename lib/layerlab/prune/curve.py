@@ -48,11 +48,7 @@ def profile_config(profile: str, **overrides) -> dict:
     """The profile's settings with every override that is not None (notebook parameters;
     lists may come as the strings papermill's -p passes), validated: known tasks,
     fractions in [0, 1), heal_steps and lora_rank integers >= 1."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise ValueError(f"unknown settings {unknown}; allowed: {', '.join(OVERRIDABLE)}")
+    params.check_names(profile, PROFILES, overrides, OVERRIDABLE)
     cfg = params.override(PROFILES[profile], **overrides)
     for name in ("eval_tasks", "heuristic_tasks"):
         bad = [t for t in cfg[name] if t not in evaluation.LM_EVAL_TASKS]
