@@ -228,3 +228,20 @@ def test_one_cache_serves_several_datasets(tmp_path):
         sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, store, svd=cache)
         laser.sweep(sweeper, ["mlp_in"], [2, 3], [0.1, 0.5], progress=False)
     assert cache.computed == 2
+
+
+@pytest.mark.parametrize("shape", [(40, 96), (96, 40), (50, 50)])
+def test_thin_svd_is_the_svd_in_either_orientation(shape):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u, s, vh = rank.thin_svd(w)
+    r = min(shape)
+    assert u.shape == (shape[0], r) and s.shape == (r,) and vh.shape == (r, shape[1])
+    torch.testing.assert_close((u * s) @ vh, w, rtol=0, atol=1e-12)
+    torch.testing.assert_close(u.T @ u, torch.eye(r, dtype=w.dtype), rtol=0, atol=1e-12)
+    torch.testing.assert_close(vh @ vh.T, torch.eye(r, dtype=w.dtype), rtol=0, atol=1e-12)
+    torch.testing.assert_close(s, torch.linalg.svdvals(w), rtol=0, atol=1e-12)
+    torch.testing.assert_close(rank.singular_values(w), torch.linalg.svdvals(w), rtol=0, atol=1e-12)
+    # the top-k approximation is the Eckart-Young one whichever way it was computed
+    k = r // 3
+    ref_u, ref_s, ref_vh = torch.linalg.svd(w, full_matrices=False)
+    torch.testing.assert_close(rank.low_rank(w, k / r), (ref_u[:, :k] * ref_s[:k]) @ ref_vh[:k], rtol=0, atol=1e-10)

@@ -97,7 +97,7 @@ def mp_table(model: nn.Module, matrix_types, layers, svd: rank.SVDCache | None =
     for t in matrix_types:
         for layer in layers:
             w = svd.original(t, layer) if svd is not None else arch.weight(model, t, layer).read()
-            s = torch.linalg.svdvals(w.detach().double().cpu())  # one float64 SVD for every rule
+            s = rank.singular_values(w)  # one float64 SVD for every rule
             for rule in rules:
                 mp = rank.mp_rank_of(s, tuple(w.shape), rule)
                 rows.append({"rule": rule, "matrix_type": t, "layer": layer, "shape": "x".join(map(str, w.shape)), **mp,

@@ -150,7 +150,7 @@ class SVDCache:
             w = self.original(matrix_type, layer)
             device = arch.weight(self.model, matrix_type, layer).param.device
             w = w.to(device=device, dtype=torch.promote_types(w.dtype, self.dtype))  # >= float32, exact for float64
-            self._svd[key] = torch.linalg.svd(w, full_matrices=False)
+            self._svd[key] = thin_svd(w)
             self.computed += 1
             self._touch(key)
             self._evict(keep=key)
@@ -190,8 +190,25 @@ class SVDCache:
 
 def low_rank(w: torch.Tensor, rho: float, part: str = "top") -> torch.Tensor:
     """Rank reduction of a single matrix [out, in] (no cache); see module docstring."""
-    return _approximate(w, rho, part, lambda: torch.linalg.svd(
-        w.to(torch.promote_types(w.dtype, torch.float32)), full_matrices=False))
+    return _approximate(w, rho, part, lambda: thin_svd(w.to(torch.promote_types(w.dtype, torch.float32))))
+
+
+def thin_svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.linalg.svd(w, full_matrices=False)``: (U [m, r], S [r], Vh [r, n]), r = min(m, n),
+    computed on the tall orientation. LAPACK's divide-and-conquer SVD of a wide matrix ran 4x
+    slower on this CPU than on its transpose (Qwen's down_proj, 1536 x 8960 fp32: 6.2 s
+    against 1.4 s on 2 cores), and W = U S Vh exactly when W^T = U' S Vh'."""
+    if w.shape[-2] >= w.shape[-1]:
+        return torch.linalg.svd(w, full_matrices=False)
+    u, s, vh = torch.linalg.svd(w.mT, full_matrices=False)
+    return vh.mT.contiguous(), s, u.mT.contiguous()
+
+
+def singular_values(w: torch.Tensor) -> torch.Tensor:
+    """The singular values [min(m, n)] of ``w`` in float64 on the CPU, descending (the tall
+    orientation, as ``thin_svd``: 8x faster for a 1536 x 8960 matrix here)."""
+    w = w.detach().double().cpu()
+    return torch.linalg.svdvals(w if w.shape[-2] >= w.shape[-1] else w.mT)
 
 
 def _approximate(w: torch.Tensor, rho: float, part: str, svd) -> torch.Tensor:
@@ -251,7 +268,7 @@ def mp_rank(w: torch.Tensor, rule: str = "laserrmt") -> dict:
     k = 0 is reported as k and reduced to rank 1)."""
     if rule not in MP_RULES:
         raise ValueError(f"rule: {rule!r} is not one of {', '.join(MP_RULES)}")
-    return mp_rank_of(torch.linalg.svdvals(w.detach().double().cpu()), tuple(w.shape), rule)
+    return mp_rank_of(singular_values(w), tuple(w.shape), rule)
 
 
 def mp_rank_of(s: torch.Tensor, shape: tuple[int, int], rule: str = "laserrmt") -> dict:
