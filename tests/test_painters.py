@@ -75,6 +75,25 @@ def test_encoder_features_with_a_shared_prefix_match_a_full_run():
     assert not np.allclose(feats[specs[0]], feats[specs[1]])
 
 
+def test_variants_run_only_on_the_rows_their_fixed_head_predicts():
+    model = tiny_model("bert")
+    tok = PairTokenizer()
+    items = [{"text_a": a, "text_b": b} for a, b in (("the cat sat", "on a mat"), ("a dog ran far", "home"),
+                                                      ("birds", "fly south"), ("hello world again", "and again"),
+                                                      ("one more", "pair here"))]
+    specs = [Spec("base"), Spec("reverse", 1), Spec("skip", 1)]
+    train = np.array([True, False, True, False, False])
+    feats = painters_encoder._features(model, tok, items, specs, specs[0], train)
+    full = painters_encoder.encoder_features(model, tok, [r["text_a"] for r in items], [r["text_b"] for r in items], specs)
+    np.testing.assert_allclose(feats[specs[0]], full[specs[0]], atol=1e-5)  # the head's train rows: unmodified only
+    for s in specs[1:]:
+        assert np.isnan(feats[s][train]).all()
+        np.testing.assert_allclose(feats[s][~train], full[s][~train], atol=1e-5)
+    # cross-fitted (no train rows): every spec on every row
+    every = painters_encoder._features(model, tok, items, specs, specs[0], None)
+    assert not any(np.isnan(f).any() for f in every.values())
+
+
 def test_fixed_head_is_trained_once_on_the_unmodified_features():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 5))

@@ -55,6 +55,26 @@ def encoder_features(model: nn.Module, tokenizer, texts_a: list[str], texts_b: l
 
 
 
+def _features(model: nn.Module, tokenizer, items: list[dict], specs_: list[Spec], base: Spec,
+              train: np.ndarray | None) -> dict[Spec, np.ndarray]:
+    """``encoder_features`` of every spec, where a variant needs only the rows its fixed head
+    predicts: with a train/test split (``train`` mask) the unmodified encoder runs on every
+    row (the head is fitted on its train rows) and the variants on the test rows only (their
+    train rows are NaN, never read); cross-fitted tasks (train None) predict every row."""
+    a, b = [r["text_a"] for r in items], [r.get("text_b") for r in items]
+    if train is None or not train.any():
+        return encoder_features(model, tokenizer, a, b, specs_)
+    out = encoder_features(model, tokenizer, a, b, [base])
+    variants = [s for s in specs_ if s != base]
+    test = np.flatnonzero(~train)
+    if variants and len(test):
+        part = encoder_features(model, tokenizer, [a[i] for i in test], [b[i] for i in test], variants)
+        for s, f in part.items():
+            out[s] = np.full((len(items), f.shape[1]), np.nan, dtype=f.dtype)
+            out[s][test] = f
+    return out
+
+
 def kind_of(task: str) -> str:
     return "regression" if task == "stsb" else "classification"
 
@@ -151,8 +171,7 @@ def evaluate(model: nn.Module, tokenizer, encoder: str, store: results.ResultSto
         keys = {s: point_key(encoder, s, task, limit, seed, h, models.runtime(model)) for s in specs_}
         todo = [s for s in specs_ if not store.has(TECHNIQUE, keys[s])]
         if todo:
-            feats = encoder_features(model, tokenizer, [r["text_a"] for r in items], [r.get("text_b") for r in items],
-                                     sorted(set(todo) | {base}, key=specs_.index))
+            feats = _features(model, tokenizer, items, sorted(set(todo) | {base}, key=specs_.index), base, train)
             preds = fixed_head_predictions(feats, base, target, kind, train, seed=seed)
             for s in todo:
                 idx, pred = preds[s]
