@@ -91,7 +91,7 @@ def test_neox_without_parallel_residual_is_sequential():
 
 @pytest.mark.parametrize("dtype", [torch.float32, BF16])
 @pytest.mark.parametrize("label", list(DROPS))
-@pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2", "gptj"])
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2", "gptj", "gpt_neox", "phi"])
 def test_dropped_sublayers_runner_scheduled_and_reference_agree_and_the_cache_is_right(name, label, dtype):
     steps = DROPS[label]
     if name == "gemma3_text" and label == "with_parallel":

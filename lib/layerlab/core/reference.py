@@ -166,6 +166,13 @@ class _SublayerRef(nn.Module):
         if f == "gptj":  # parallel: both read ln_1 of the block input; the model reads out[0]
             return (h + (b.attn(hidden_states=b.ln_1(h), **kwargs)[0] if self.part == "attn" else b.mlp(b.ln_1(h))),
                     None)
+        if f == "gpt_neox":  # parallel or not, each sublayer reads its own norm of h
+            if self.part == "attn":
+                return h + b.post_attention_dropout(b.attention(b.input_layernorm(h), **kwargs)[0])
+            return h + b.post_mlp_dropout(b.mlp(b.post_attention_layernorm(h)))
+        if f == "phi":  # parallel: both read input_layernorm of the block input
+            x = b.input_layernorm(h)
+            return h + b.resid_dropout(b.self_attn(hidden_states=x, **kwargs)[0] if self.part == "attn" else b.mlp(x))
         raise ValueError(f"reference.run_sublayers: no reference for {f}")
 
 
@@ -173,7 +180,7 @@ def sublayer_logits(model: nn.Module, steps: list, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor) -> torch.Tensor:
     """Logits of ``model`` running ``steps``: block indices and ``schedule.Sublayer`` steps
     (a copy of the model whose block list holds, per step, the block or a module computing
-    the one sublayer; Llama/Mistral/Qwen2, Gemma3, GPT-2 and GPT-J families)."""
+    the one sublayer; Llama/Mistral/Qwen2, Gemma3, GPT-2, GPT-J, GPT-NeoX and Phi families)."""
     blocks = arch.blocks(model)
     family = arch.arch_of(model).name
     order = [int(s) if not hasattr(s, "part") else _SublayerRef(blocks[s.block], s.block, s.part, family)
