@@ -205,3 +205,14 @@ def test_claim_rows_read_the_store(tmp_path):
     order = rows[rows.claim == pc.PAINTERS_CLAIMS["order"]]
     assert order["verdict"].iloc[0] == verdicts.AGREES
     assert rows[rows.claim == pc.PAINTERS_CLAIMS["looped_parallel"]]["verdict"].iloc[0] == f"{verdicts.NOT_TESTABLE}: looped_parallel k=3, parallel not run"
+
+
+def test_sublayer_variants_are_shown_but_not_judged_by_the_papers_claims():
+    acc = {("base", 0, 1, 0): 0.8, ("skip", 4, 1, 0): .5, ("middle_repeat", 4, 1, 0): .3, ("reverse", 4, 1, 0): .55,
+           ("random", 4, 1, 0): .6, ("parallel", 4, 1, 0): .5, ("looped_parallel", 4, 3, 0): .6}
+    plain = pd.DataFrame(pc.model_rows(items(acc), "m", n_boot=200, seed=3))
+    # an MLP-only middle scoring far below middle repeat would flip "middle repeat is the worst"
+    sub = items({("attn_only", 4, 1, 0): .05, ("mlp_only", 4, 1, 0): .79}, seed=1)
+    extra = pd.concat([items(acc), sub], ignore_index=True)
+    mixed = pd.DataFrame(pc.model_rows(extra, "m", n_boot=200, seed=3))
+    pd.testing.assert_frame_equal(plain, mixed)

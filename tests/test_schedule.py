@@ -147,3 +147,32 @@ def test_a_model_spread_over_devices_is_refused_before_any_work():
     arch.blocks(model)[3].to("meta")  # stands in for a block on a second GPU (or offloaded)
     with pytest.raises(ValueError, match=r"runs a model on one device; .* parameters on cpu, meta.*Ray tasks"):
         runner.capture(model, ids, mask)
+
+
+def test_sublayer_variants_run_only_one_sublayer_of_each_middle_block():
+    from layerlab.core.schedule import Sublayer
+    assert schedule.build("attn_only", 10, 3) == [0, 1, 2, *[Sublayer(i, "attn") for i in range(3, 7)], 7, 8, 9]
+    assert schedule.build("mlp_only", 10, 4) == [0, 1, 2, 3, Sublayer(4, "mlp"), Sublayer(5, "mlp"), 6, 7, 8, 9]
+    assert "attn_only" not in schedule.VARIANTS  # the paper's variants (and claims) are unchanged
+
+
+@pytest.mark.parametrize("variant", schedule.SUBLAYER_VARIANTS)
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2", "gptj"])
+def test_painters_sublayer_specs_agree_with_the_reference_and_generate_with_a_correct_cache(name, variant):
+    from layerlab.core import reference
+    model = tiny_model(name)
+    ids, mask = tiny_batch()
+    steps = painters.Spec(variant, 1).steps(N_LAYERS)
+    state = runner.capture(model, ids, mask)
+    ours = runner.finish(model, runner.run_blocks(model, state, state.hidden[0], steps))
+    ref = reference.sublayer_logits(model, steps, ids, mask)
+    real = mask.bool()
+    assert (ours - ref)[real].abs().max() < 1e-5
+    assert (ours - runner.full_logits(model, ids, mask))[real].abs().max() > 1e-3  # the middle changed
+    with schedule.scheduled(model, steps):
+        assert (runner.full_logits(model, ids, mask) - ref)[real].abs().max() < 1e-5
+        prompt = ids[:1, :8]
+        with torch.no_grad():
+            cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
+            uncached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, uncached)

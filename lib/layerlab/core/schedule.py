@@ -35,7 +35,9 @@ from torch import nn
 
 from . import arch, sublayer as sublayer_mod
 
-VARIANTS = ("skip", "middle_repeat", "reverse", "random", "parallel", "looped_parallel")
+VARIANTS = ("skip", "middle_repeat", "reverse", "random", "parallel", "looped_parallel")  # the paper's
+# below the block (LLM-Drop, FinerCut): the middle blocks run only their attention or only their MLP
+SUBLAYER_VARIANTS = ("attn_only", "mlp_only")
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,12 @@ def build(variant: str, n_layers: int, n_outer: int, seed: int = 0, iterations: 
     skip: the middle blocks are dropped. middle_repeat: the centre middle block runs in
     place of every middle block. reverse: the middle blocks in reverse order. random: the
     middle blocks in a seeded random order. parallel: all middle blocks in one parallel
-    group. looped_parallel: that group fed back ``iterations`` times.
+    group. looped_parallel: that group fed back ``iterations`` times. attn_only / mlp_only
+    (``SUBLAYER_VARIANTS``, not the paper's): each middle block runs only its attention (its
+    MLP dropped) or only its MLP, as ``Sublayer`` steps.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: {variant!r} is not one of {', '.join(VARIANTS)}")
+    if variant not in VARIANTS + SUBLAYER_VARIANTS:
+        raise ValueError(f"variant: {variant!r} is not one of {', '.join(VARIANTS + SUBLAYER_VARIANTS)}")
     middle = _middle(n_layers, n_outer)
     head, tail = list(range(n_outer)), list(range(n_layers - n_outer, n_layers))
     if variant == "skip":
@@ -144,6 +148,8 @@ def build(variant: str, n_layers: int, n_outer: int, seed: int = 0, iterations: 
         body = [int(i) for i in np.random.default_rng(seed).permutation(middle)]
     elif variant == "parallel":
         body = [Parallel(tuple(middle), 1)]
+    elif variant in SUBLAYER_VARIANTS:
+        body = [Sublayer(i, variant.removesuffix("_only")) for i in middle]
     else:
         if not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"loop count (k) must be an integer >= 1; got {iterations!r}")

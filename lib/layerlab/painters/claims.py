@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from layerlab.core import evaluation, stats, verdicts
+from layerlab.core import evaluation, schedule, stats, verdicts
 from layerlab.core.papers import PAINTERS, PAINTERS_CLAIMS
 
 COLUMNS = ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"]
@@ -295,7 +295,8 @@ def model_rows(items: pd.DataFrame, model: str, doc_cosines=None, n_boot: int = 
         return []
     from .contrasts import one_sample, shared_space
 
-    items = one_sample(items)
+    # the paper's claims compare the paper's variants: sublayer variants, when run, are shown, not judged
+    items = one_sample(items[items.variant.isin(("base",) + schedule.VARIANTS)])
     boot = Bootstrap(items, n_boot, seed)
     sizes = sorted({int(a) for a in items.loc[items.variant != "base", "affected"]})
     rows = ([shared_space(doc_contrast, model)] if doc_contrast is not None else

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, data, data_fetch, evaluation, models, results, runner
+from layerlab.core import arch, data, data_fetch, evaluation, models, results, runner, schedule
 from .grid import Spec
 
 TECHNIQUE = "painters_encoder"
@@ -161,7 +161,8 @@ def evaluate(model: nn.Module, tokenizer, encoder: str, store: results.ResultSto
     value, ci_low, ci_high, n_items, variant, affected, ...); per-item predictions under ``ITEMS``."""
     n_layers = arch.n_layers(model)
     base = Spec("base")
-    specs_ = [base] + [s for s in specs_ if s != base]
+    # post-norm encoders have no residual sublayers of the decoder's form: sublayer variants are decoder-only
+    specs_ = [base] + [s for s in specs_ if s != base and s.variant not in schedule.SUBLAYER_VARIANTS]
     frames = []
     for task in tasks:
         items, train = sample(task, limit, seed, data_dir)

@@ -32,7 +32,7 @@ class Spec:
     """One evaluated schedule: a variant applied to the middle of an L-block model with
     ``n_outer`` blocks kept at each end (so L - 2 * n_outer blocks are affected)."""
 
-    variant: str            # "base" or one of schedule.VARIANTS
+    variant: str            # "base" or one of schedule.VARIANTS or schedule.SUBLAYER_VARIANTS
     n_outer: int = 0
     order_seed: int = 0     # random order only: the seed that draws the order of the middle blocks
     loops: int = 1          # looped parallel only
@@ -57,8 +57,8 @@ def specs(n_layers: int, affected: list[int], variants: list[str], order_seeds: 
                              "(the same number of outer blocks at each end)")
         n_outer = (n_layers - a) // 2
         for v in variants:
-            if v not in schedule.VARIANTS:
-                raise ValueError(f"variants: {v!r} is not one of {', '.join(schedule.VARIANTS)}")
+            if v not in schedule.VARIANTS + schedule.SUBLAYER_VARIANTS:
+                raise ValueError(f"variants: {v!r} is not one of {', '.join(schedule.VARIANTS + schedule.SUBLAYER_VARIANTS)}")
             if v == "random":
                 out += [Spec(v, n_outer, order_seed=s) for s in order_seeds]
             elif v == "looped_parallel":
