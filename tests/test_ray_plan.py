@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import types
 
+import pandas as pd
 import pytest
 import torch
 
@@ -183,3 +184,137 @@ def test_out_of_memory_errors_are_recognised():
                                                                           "torch.OutOfMemoryError: CUDA out of memory")
     assert distributed.is_out_of_memory(wrapped)
     assert not distributed.is_out_of_memory(ValueError("dataset: 'x' is not one of ..."))
+
+
+# ---------------------------------------------------------------- the chapters' driver on Ray (planning.py)
+
+@pytest.fixture
+def lm_dir(tmp_path):
+    """A tiny random Llama with a BPE tokenizer trained on the facts file (both needed to load it)."""
+    import json
+
+    import transformers as tf
+
+    from tiny import train_bpe
+
+    facts = facts_file(tmp_path)
+    tok = train_bpe([" ".join(json.loads(line).values()) for line in open(facts)], 300)
+    config = tf.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-llama-bpe"
+    tf.LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_weightless_model_has_the_architecture_and_no_weights(lm_dir):
+    from layerlab.core import arch, machine
+
+    real, _ = models.load(lm_dir, dtype="float32", device="cpu")
+    meta, tok = models.load(lm_dir, dtype="bfloat16", device="meta")
+    assert {n: p.shape for n, p in meta.named_parameters()} == {n: p.shape for n, p in real.named_parameters()}
+    assert all(p.is_meta and p.dtype == torch.bfloat16 for p in meta.parameters())  # no storage anywhere
+    assert meta.layerlab_weights == real.layerlab_weights == models.fingerprint(lm_dir)
+    assert (arch.n_layers(meta), arch.matrix_types(meta)) == (arch.n_layers(real), arch.matrix_types(real))
+    rank.validate(meta, ["mlp_in", "q"], [0, 3], [0.5])
+    with pytest.raises(ValueError, match="layers: 4 out of range"):
+        rank.validate(meta, ["mlp_in"], [4], [0.5])
+    assert tok.padding_side == "right" and tok.pad_token is not None
+    with pytest.raises(ValueError, match="dtype: 'auto' for a weightless model"):
+        models.load(lm_dir, dtype="auto", device="meta")
+    assert machine.runtime_label(meta) == "`bfloat16`, weightless (meta device: no weights loaded here)"
+    meta.layerlab_planned = _gpu_probe("auto", "auto")
+    assert machine.runtime_label(meta) == ("`bfloat16` on the Ray workers (NVIDIA H100 80GB HBM3; "
+                                           "no weights loaded on this driver)")
+
+
+def _spy_loads_and_shards(monkeypatch) -> list:
+    """Events in order: ("load", device) for every models.load, ("shards", n) / ("shards done",)
+    around every ray_tasks.run_shards (the fake runs the workers' loads inside it)."""
+    events, load, run_shards = [], models.load, ray_tasks.run_shards
+
+    def spy_load(*a, **k):
+        events.append(("load", str(k.get("device"))))
+        return load(*a, **k)
+
+    def spy_shards(fn, name, shard_args, *a):
+        events.append(("shards", len(shard_args)))
+        run_shards(fn, name, shard_args, *a)
+        events.append(("shards done",))
+    monkeypatch.setattr(models, "load", spy_load)  # the module planning and the workers load through
+    monkeypatch.setattr(ray_tasks, "run_shards", spy_shards)
+    return events
+
+
+def test_the_laser_pipeline_on_ray_loads_the_drivers_model_after_the_tasks(tmp_path, lm_dir, monkeypatch):
+    from layerlab.core import machine
+    from layerlab.laser import run as laser_run
+
+    facts = str(facts_file(tmp_path))
+    grid = dict(datasets=[facts], matrix_types=["mlp_in"], layers=[2, 3], rhos=[0.5], limit=20)
+    kw = dict(data_dir=None, seed=0, device="cpu", dtype="float32")
+
+    def pipeline(executor: str, results_dir):
+        run = laser_run.setup(lm_dir, "smoke", results_dir, executor=executor, overrides=grid, **kw)
+        header = machine.runtime_label(run["lm"])  # what the notebook's first cell shows
+        sweepers, tables, _ = laser_run.run_sweeps(run, lm_dir, results_dir, executor=executor, **kw)
+        return run, header, sweepers[facts], tables[facts]
+
+    monkeypatch.setitem(sys.modules, "ray", FakeRay(gpus=0))
+    events, computed_on, scores = _spy_loads_and_shards(monkeypatch), [], laser.prefix_stream.scores
+
+    def spy_scores(model, batches, n_rows, jobs, *a):  # every LASER point is computed through it
+        computed_on.extend([model] * len(jobs))
+        return scores(model, batches, n_rows, jobs, *a)
+    monkeypatch.setattr(laser.prefix_stream, "scores", spy_scores)
+    run, header, sweeper, on_ray = pipeline("ray", tmp_path / "ray")
+    assert header == "`float32` on the Ray workers (CPU; no weights loaded on this driver)"
+    assert run["planned"] == models.runtime_of(torch.float32, "cpu", models.fingerprint(lm_dir))
+    first = events.index(("shards", 1))
+    assert not any(e[0] == "load" for e in events[:first])  # setup loaded nothing
+    assert events[-2:] == [("shards done",), ("load", "cpu")]  # the driver's model: after every task ended
+    assert next(run["lm"].parameters()).device.type == "cpu" and sweeper.model is run["lm"]
+    # the workers computed the 3 points; the driver's model only read them
+    assert len(computed_on) == 3 and not any(m is run["lm"] for m in computed_on)
+    _, _, _, local = pipeline("local", tmp_path / "local")
+    pd.testing.assert_frame_equal(on_ray.reset_index(drop=True), local.reset_index(drop=True), check_exact=True)
+
+
+def test_cuda_workers_and_a_driver_without_cuda_are_refused_before_any_shard(tmp_path, lm_dir, monkeypatch):
+    from layerlab.laser import run as laser_run
+    from layerlab.painters import run as painters_run
+
+    monkeypatch.setitem(sys.modules, "ray", FakeRay(gpus=1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ray_tasks, "probe_workers", lambda device, dtype, resources: _gpu_probe(device, dtype))
+    events = _spy_loads_and_shards(monkeypatch)
+    monkeypatch.setattr(ray_tasks, "run_shards", lambda *a: pytest.fail("a shard was submitted"))
+    refused = r"the Ray workers run on CUDA \(NVIDIA H100 80GB HBM3, bfloat16\), but this driver has no CUDA GPU.*" \
+              r"node with that GPU.*run_laser_points\(\.\.\.\)"
+    with pytest.raises(ValueError, match=refused):
+        laser_run.setup(lm_dir, "smoke", tmp_path / "r", executor="ray")
+    with pytest.raises(ValueError, match=refused):
+        painters_run.decoder(lm_dir, results.ResultStore(tmp_path / "r"), painters_run.config("smoke"), executor="ray")
+    assert not events  # no model loaded, no shard submitted
+
+
+def test_the_painters_decoder_on_ray_loads_the_drivers_model_after_the_tasks(tmp_path, lm_dir, monkeypatch):
+    from layerlab.painters import grid as painters, run as painters_run
+
+    monkeypatch.setitem(sys.modules, "ray", FakeRay(gpus=0))
+    monkeypatch.setattr(painters, "informative", lambda table: ["arc_easy"])  # a random model is at chance
+    events = _spy_loads_and_shards(monkeypatch)
+    cfg = painters_run.config("smoke", variants=["skip"], affected=[2], loop_counts=[1], order_seeds=[0],
+                              benchmarks=["arc_easy"], limit=4)
+    store = results.ResultStore(tmp_path / "r")
+    lm, tok, out = painters_run.decoder(lm_dir, store, cfg, executor="ray", device="cpu", dtype="float32")
+    assert [e for e in events if e[0] != "load"] == [("shards", 1), ("shards done",)] * 2  # the base, then skip
+    assert not any(e[0] == "load" for e in events[:events.index(("shards", 1))])  # nothing loaded before the tasks
+    assert events[-2:] == [("shards done",), ("load", "cpu")] and events.count(("load", "cpu")) == 3
+    assert models.runtime(lm) == models.runtime_of(torch.float32, "cpu", models.fingerprint(lm_dir))
+    assert set(out["table"]["variant"]) == {"base", "skip"}
+    monkeypatch.setattr(painters.prefix_eval, "lm_eval_edits", lambda *a, **k: pytest.fail("a point was recomputed"))
+    local = painters_run.run_decoder(lm, tok, lm_dir, store, cfg)  # the local executor finds the same points
+    pd.testing.assert_frame_equal(local["table"], out["table"])

@@ -20,10 +20,14 @@ Before any shard starts, one probe task with the shards' resources reports what 
 resolves (dtype for "auto", device type, the GPU's name, package versions): the driver
 needs no GPU of its own to plan GPU workers, and a runtime that differs from the one the
 caller expects (``expected_runtime``, e.g. ``models.runtime`` of the notebook's model) is
-refused before any work. A shard that runs out of memory (CUDA or host) is run again with a
-smaller chunk (half the tokens per batch, or half the batch size; ``ray_tasks.OOM_RETRIES`` times);
-a shard that still fails does not cancel the others: they finish, every finished point
-stays stored, and one error names each failed shard and how to resume.
+refused before any work. The chapters plan with it before loading anything (``planning``):
+the driver validates on a weightless model and loads its own copy, with the workers' runtime,
+only after the tasks ran, so that it never shares a GPU with a task.
+
+A shard that runs out of memory (CUDA or host) is run again with a smaller chunk (half the
+tokens per batch, or half the batch size; ``ray_tasks.OOM_RETRIES`` times); a shard that
+still fails does not cancel the others: they finish, every finished point stays stored,
+and one error names each failed shard and how to resume.
 
 Cluster: ``ray start --head`` on one node, ``ray start --address=<head>:6379`` on the
 others, then ``executor="ray"``, ``ray_address="auto"``, and a ``results_dir`` (and data

@@ -48,9 +48,16 @@ def machine_info() -> dict:
 
 def runtime_label(model: torch.nn.Module) -> str:
     """Markdown naming a loaded model's dtype and device and why that dtype is fast or
-    slow here, for the chapters' headers."""
+    slow here, for the chapters' headers; for a weightless model (meta device, a Ray
+    driver's plan: ``planning.skeleton``) the runtime the Ray workers will compute in."""
     p = next(model.parameters())
     dtype = str(p.dtype).removeprefix("torch.")
+    if p.device.type == "meta":
+        plan = getattr(model, "layerlab_planned", None)
+        if not plan:
+            return f"`{dtype}`, weightless (meta device: no weights loaded here)"
+        where = plan.get("gpu") or plan["device"].upper()
+        return f"`{dtype}` on the Ray workers ({where}; no weights loaded on this driver)"
     if p.device.type == "cuda":
         return f"`{dtype}` on `{torch.cuda.get_device_name(p.device)}`"
     native = cpu_has_native_bf16()

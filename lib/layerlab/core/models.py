@@ -302,10 +302,14 @@ def load(name_or_path: str, dtype: str | torch.dtype = "auto", device: str | tor
         qwen2.5-coder-1.5b), a Hugging Face id, or a local folder. Decoders load as
         ``AutoModelForCausalLM``, BERT-style encoders as ``AutoModel``.
     device: "auto" | "cpu" | "cuda" | "cuda:N"; dtype: "auto" | "float32" | "bfloat16" |
-        "float16" (or a torch.dtype). Both are checked before anything is read.
+        "float16" (or a torch.dtype). Both are checked before anything is read. device
+        "meta": the architecture without weights, for planning (``planning.weightless``).
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    if str(device) == "meta":
+        from .planning import weightless
+        return weightless(name_or_path, dtype)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source = resolve(name_or_path)

@@ -1,6 +1,10 @@
 """The LASER chapter's pipeline, as the notebook runs it: check the parameters and load
 (``setup``), sweep every dataset locally or on Ray (``run_sweeps``), and the tables of the
-selection protocol (``table1``, ``verdict_lines``). The method itself is in ``laser``."""
+selection protocol (``table1``, ``verdict_lines``). The method itself is in ``laser``.
+
+On Ray the driver holds no model while the tasks run: ``setup`` plans the workers' runtime
+and validates on a weightless model (``planning``); ``run_sweeps`` runs every dataset's
+points as tasks, then loads the driver's model with the workers' runtime to read them."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import time
 
 import pandas as pd
 
-from layerlab.core import arch, distributed, models, params, results, verdicts
+from layerlab.core import arch, distributed, models, params, planning, results, verdicts
 from . import sweep as laser, claims as laser_claims, rank
 from layerlab.core import papers
 
@@ -17,11 +21,17 @@ def setup(model: str, profile: str, results_dir: str, data_dir=None, seed: int =
           dtype: str = "auto", executor: str = "local", ray_address=None, overrides: dict | None = None) -> dict:
     """Everything checked before any expensive work, then the model loaded and the tasks
     built. overrides: the notebook's grid parameters (None: the profile's). Returns
-    {lm, tok, n_layers, cfg, tasks, store, full_grid}."""
+    {lm, tok, n_layers, cfg, tasks, store, full_grid, planned}.
+
+    On Ray nothing is loaded: the workers' runtime is planned (``planning.plan_ray``, refused
+    here when this driver could not load it later) and ``lm`` is a weightless model in its
+    dtype (``planning.skeleton``) until ``run_sweeps`` loads the real one; ``planned`` is
+    that runtime (None for the local executor)."""
     if profile not in laser.PROFILES:
         raise ValueError(f"profile: {profile!r} is not one of {', '.join(laser.PROFILES)}")
     distributed.validate_executor(executor, ray_address)  # a bad address fails before any model is loaded
-    lm, tok = models.load(model, dtype=dtype, device=device)
+    planned = planning.plan_ray(model, device, dtype, ray_address) if executor == "ray" else None
+    lm, tok = planning.skeleton(model, planned) if planned else models.load(model, dtype=dtype, device=device)
     n_layers = arch.n_layers(lm)
     cfg = params.override(laser.profile_config(profile, n_layers, arch.matrix_types(lm)), **(overrides or {}))
     rank.validate(lm, cfg["matrix_types"], cfg["layers"], cfg["rhos"])
@@ -29,7 +39,7 @@ def setup(model: str, profile: str, results_dir: str, data_dir=None, seed: int =
     full_grid = {ds: ds == cfg["datasets"][0] or ds not in laser.DATASETS for ds in cfg["datasets"]}
     tasks = {ds: laser.build_task(ds, data_dir, laser.limit_for(cfg, ds, full_grid[ds]), seed) for ds in cfg["datasets"]}
     return {"lm": lm, "tok": tok, "n_layers": n_layers, "cfg": cfg, "tasks": tasks,
-            "store": results.ResultStore(results_dir), "full_grid": full_grid}
+            "store": results.ResultStore(results_dir), "full_grid": full_grid, "planned": planned}
 
 
 def tasks_table(run: dict) -> pd.DataFrame:
@@ -37,29 +47,49 @@ def tasks_table(run: dict) -> pd.DataFrame:
                           "grid": "full" if run["full_grid"][ds] else "reduced"} for ds, t in run["tasks"].items()])
 
 
+def _grid(cfg: dict, full: bool) -> tuple:
+    return (cfg["matrix_types"], cfg["layers"] if full else cfg["other_layers"],
+            cfg["rhos"] if full else cfg["other_rhos"])
+
+
+def run_on_ray(run: dict, model: str, results_dir: str, data_dir=None, seed: int = 0, device: str = "auto",
+               dtype: str = "auto", ray_address=None, workers=None) -> dict:
+    """Every dataset's points as Ray tasks (each plan checked against ``run["planned"]``
+    before its tasks start), then the driver's model loaded with the workers' runtime
+    (``planning.load_planned``: only now, so that no copy of it shares a GPU with a task)
+    into ``run["lm"]`` and ``run["tok"]``. Returns seconds per dataset."""
+    if not run.get("planned"):
+        raise ValueError("executor: 'ray' here needs the run that setup(..., executor='ray') returned")
+    seconds = {}
+    for ds in run["tasks"]:
+        full, t0 = run["full_grid"][ds], time.time()
+        distributed.run_laser_points(model, ds, [[]] + [[r] for r in laser.grid(*_grid(run["cfg"], full))],
+                                     results_dir=results_dir, seed=seed, limit=laser.limit_for(run["cfg"], ds, full),
+                                     data_dir=data_dir, device=device, dtype=dtype, executor="ray",
+                                     ray_address=ray_address, workers=workers, expected_runtime=run["planned"])
+        seconds[ds] = time.time() - t0
+    run["lm"], run["tok"] = planning.load_planned(model, run["planned"])
+    return seconds
+
+
 def run_sweeps(run: dict, model: str, results_dir: str, data_dir=None, seed: int = 0, device: str = "auto",
                dtype: str = "auto", executor: str = "local", ray_address=None, workers=None) -> tuple[dict, dict, dict]:
     """The (tau, l, rho) sweep of every dataset (the full grid on the main dataset and user
-    files, the reduced grid on the others); on Ray the points run as tasks and land in the
-    store first (the runtime checked before any task starts). Returns (sweepers, tables,
-    seconds) keyed by dataset."""
+    files, the reduced grid on the others); on Ray the points of every dataset run as tasks
+    and land in the store first (``run_on_ray``: the runtime checked before any task starts,
+    the driver's model loaded after), and the sweeps below read them. Returns (sweepers,
+    tables, seconds) keyed by dataset; the Sweepers hold ``run["lm"]``, the loaded model."""
+    on_ray = (run_on_ray(run, model, results_dir, data_dir, seed, device, dtype, ray_address, workers)
+              if executor == "ray" else {})
     cfg, sweepers, tables, seconds = run["cfg"], {}, {}, {}
     svd = rank.SVDCache(run["lm"])  # one bounded cache for every dataset: no SVD computed twice
     for ds, task in run["tasks"].items():
         full, t0 = run["full_grid"][ds], time.time()
-        grid = (cfg["matrix_types"], cfg["layers"] if full else cfg["other_layers"],
-                cfg["rhos"] if full else cfg["other_rhos"])
         limit = laser.limit_for(cfg, ds, full)
-        if executor == "ray":
-            distributed.run_laser_points(model, ds, [[]] + [[r] for r in laser.grid(*grid)],
-                                               results_dir=results_dir, seed=seed, limit=limit, data_dir=data_dir,
-                                               device=device, dtype=dtype, executor=executor,
-                                               ray_address=ray_address, workers=workers,
-                                               expected_runtime=models.runtime(run["lm"]))
         sweepers[ds] = laser.Sweeper(run["lm"], run["tok"], model, task, run["store"], seed=seed, limit=limit, svd=svd)
-        tables[ds] = laser.sweep(sweepers[ds], *grid)
+        tables[ds] = laser.sweep(sweepers[ds], *_grid(cfg, full))
         sweepers[ds].release()  # its prefix states: captured again only if a later step needs new points
-        seconds[ds] = time.time() - t0
+        seconds[ds] = time.time() - t0 + on_ray.get(ds, 0.0)
     return sweepers, tables, seconds
 
 

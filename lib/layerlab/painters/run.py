@@ -1,6 +1,10 @@
 """The Painters chapter's pipeline: profiles, the decoder sweep, the similarity and
 per-layer lenses, and the eight questions answered from ``painters_claims`` (the same
-verdict functions as the comparison table). The notebook only calls these and plots."""
+verdict functions as the comparison table). The notebook only calls these and plots.
+
+On Ray (``decoder``) the driver holds no model while the schedules run as tasks: it plans the
+workers' runtime, sweeps on a weightless model (the tasks compute, it reads the store), and
+loads the model with the workers' runtime afterwards, for the lenses computed here."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerlab.core import arch, data, distributed, models, params, results, runner, schedule
+from layerlab.core import arch, data, distributed, models, params, planning, results, runner, schedule
 from . import grid as painters, claims as painters_claims
 
 PROFILES = {
@@ -19,7 +23,7 @@ PROFILES = {
                   benchmarks=["arc_easy", "arc_challenge", "hellaswag", "winogrande", "lambada", "gsm8k"], limit=16,
                   gsm8k_limit=3, order_seeds=[0, 1, 2, 3, 4], encoder_limit=200, encoder_affected=[2, 4], sim_docs=16,
                   layer_sensitivity=False),  # #13: the per-layer lens runs in the full profile only
-    "full": dict(variants=list(schedule.VARIANTS), affected=None, loop_counts=[1, 2, 3, 4, 6, 8],
+    "full": dict(variants=list(schedule.VARIANTS + schedule.SUBLAYER_VARIANTS), affected=None, loop_counts=[1, 2, 3, 4, 6, 8],
                  benchmarks=list(painters.BENCHMARKS), limit=None, gsm8k_limit=None, order_seeds=list(range(10)),
                  encoder_limit=None, encoder_affected=[2, 4], sim_docs=64, layer_sensitivity=True),
 }
@@ -33,9 +37,9 @@ def config(profile: str, **overrides) -> dict:
     bad = [b for b in cfg["benchmarks"] if b not in painters.BENCHMARKS]
     if bad:
         raise ValueError(f"benchmarks: unknown {bad}; allowed: {', '.join(painters.BENCHMARKS)}")
-    bad = [v for v in cfg["variants"] if v not in schedule.VARIANTS]
+    bad = [v for v in cfg["variants"] if v not in schedule.VARIANTS + schedule.SUBLAYER_VARIANTS]
     if bad:
-        raise ValueError(f"variants: unknown {bad}; allowed: {', '.join(schedule.VARIANTS)}")
+        raise ValueError(f"variants: unknown {bad}; allowed: {', '.join(schedule.VARIANTS + schedule.SUBLAYER_VARIANTS)}")
     if any(not isinstance(k, int) or k < 1 for k in cfg["loop_counts"]):
         raise ValueError(f"loop_counts: every k must be an integer >= 1; got {cfg['loop_counts']}")
     return cfg
@@ -53,29 +57,62 @@ def run_decoder(lm, tok, model: str, store: results.ResultStore, cfg: dict, seed
     """The decoder sweep. Every benchmark on the unmodified model first: a benchmark at
     chance cannot be normalised (the paper divides by base - chance), so variants run only
     on the others; GSM8K (generative, slow) only for skip, parallel and looped parallel
-    (k=3) at the middle size. Returns {table, items, norm, med_main, base_main, skipped,
-    limits, affected, n_layers, specs}."""
+    (k=3) at the middle size. On Ray every schedule, the unmodified one too, runs as Ray
+    tasks and is read from the store, so ``lm`` may be weightless (``planning.skeleton``:
+    its plan is the runtime the tasks must run). Returns {table, items, norm, med_main,
+    base_main, skipped, limits, affected, n_layers, specs}."""
     L = arch.n_layers(lm)
     cfg = dict(cfg, affected=sizes(L, cfg["affected"]))
     all_specs = painters.specs(L, cfg["affected"], cfg["variants"], cfg["order_seeds"], cfg["loop_counts"])
     limits = {b: (cfg["gsm8k_limit"] if b == "gsm8k" else cfg["limit"]) for b in cfg["benchmarks"]}
-    base_table = painters.evaluate(lm, tok, model, store, all_specs[0], cfg["benchmarks"], limits, data_dir, seed)
+    ray = None if executor != "ray" else {
+        "runtime": getattr(lm, "layerlab_planned", None) or models.runtime(lm),
+        "args": dict(device=device, dtype=dtype, ray_address=ray_address, workers=workers)}
+    base_table = _evaluate(lm, tok, model, store, {all_specs[0]: cfg["benchmarks"]}, limits, seed, data_dir, ray)
     useful = painters.informative(base_table)
     mid_outer = (L - cfg["affected"][len(cfg["affected"]) // 2]) // 2
     gsm_specs = {s for s in all_specs if s.n_outer == mid_outer and (
         s.variant in ("skip", "parallel") or (s.variant == "looped_parallel" and s.loops == 3))}
     spec_tasks = {s: [b for b in useful if b != "gsm8k" or s in gsm_specs] for s in all_specs[1:]}
-    if executor == "ray":  # the schedules run as Ray tasks and land in the store; evaluate below reads them
-        distributed.run_painters_specs(model, all_specs[1:], spec_tasks, limits, n_layers=L, results_dir=store.root,
-                                             seed=seed, data_dir=data_dir, device=device, dtype=dtype, executor=executor,
-                                             ray_address=ray_address, workers=workers,
-                                             expected_runtime=models.runtime(lm))
-    table = pd.concat([base_table, painters.evaluate_specs(lm, tok, model, store, spec_tasks, limits, data_dir, seed)],
+    table = pd.concat([base_table, _evaluate(lm, tok, model, store, spec_tasks, limits, seed, data_dir, ray)],
                       ignore_index=True)
     norm = painters.normalise(table)
     return dict(table=table, items=painters.items_of(store, table), norm=norm, limits=limits, n_layers=L,
                 med_main=painters.median_score(norm[norm.dataset != "gsm8k"]), base_main=painters.main_rows(base_table),
                 skipped=[b for b in cfg["benchmarks"] if b not in useful], affected=cfg["affected"], specs=all_specs)
+
+
+def _evaluate(lm, tok, model: str, store: results.ResultStore, spec_tasks: dict, limits: dict, seed: int,
+              data_dir, ray: dict | None) -> pd.DataFrame:
+    """``painters.evaluate_specs`` here, or with ``ray`` ({"runtime": the one the tasks must
+    run, "args": run_painters_specs's device, dtype, ray_address, workers}) as Ray tasks whose
+    stored rows are then read under that runtime's keys: the driver's model does not compute."""
+    if ray is None:
+        return painters.evaluate_specs(lm, tok, model, store, spec_tasks, limits, data_dir, seed)
+    runtime = ray["runtime"]
+    distributed.run_painters_specs(model, list(spec_tasks), spec_tasks, limits, n_layers=arch.n_layers(lm),
+                                   results_dir=store.root, seed=seed, data_dir=data_dir, executor="ray",
+                                   expected_runtime=runtime, **ray["args"])
+    keys = [painters.point_key(model, s, t, limits.get(t), runtime, seed, data_dir)
+            for s, ts in spec_tasks.items() for t in ts]
+    return pd.concat([store.get(painters.TECHNIQUE, k) for k in keys], ignore_index=True)
+
+
+def decoder(model: str, store: results.ResultStore, cfg: dict, seed: int = 0, data_dir=None, executor: str = "local",
+            ray_address=None, workers=None, device="auto", dtype="auto") -> tuple:
+    """(lm, tok, out): the decoder loaded and swept (``run_decoder``). On Ray no model is held
+    here while the tasks run: the workers' runtime is planned first (``planning.plan_ray``,
+    refused at once when this driver could not load it), the sweep runs on a weightless model,
+    and the model is loaded with the workers' runtime only afterwards
+    (``planning.load_planned``), for the lenses computed here (``similarity``, ``layer_sensitivity``)."""
+    if executor != "ray":
+        distributed.validate_executor(executor, ray_address)
+        lm, tok = models.load(model, dtype=dtype, device=device)
+        return lm, tok, run_decoder(lm, tok, model, store, cfg, seed, data_dir)
+    planned = planning.plan_ray(model, device, dtype, ray_address, workers)
+    out = run_decoder(planning.skeleton(model, planned)[0], None, model, store, cfg, seed, data_dir, executor,
+                      ray_address, workers, device, dtype)
+    return (*planning.load_planned(model, planned), out)
 
 
 def similarity(lm, tok, model: str, store: results.ResultStore, n_docs: int, data_dir=None, max_length: int = 128) -> dict:
