@@ -57,8 +57,13 @@ PLANS: dict[str, list[tuple[str, str, dict]]] = {
               ("painters", "smollm2-135m", {"encoder": "minilm-l6"}), *BEYOND["smoke"]],
     # gemma3-270m's deeper-layers run (23 min cold in fp32, at chance on MMLU) is in the full profile,
     # making room for Qwen2.5-Coder-1.5B, which can show the MMLU collapse.
-    "quick": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}), QWEN_QUICK[0],
-              ("prune", "smollm2-135m", {}), QWEN_QUICK[1],
+    # Cut to fit the 80-minute cold quick book with the Beyond part (each cut's claims in the note of
+    # issue #22): gemma3-270m's LASER on the two datasets whose claims the comparison page tests
+    # (CounterFact, FEVER; HotpotQA, TruthfulQA and epistemic reasoning are Table 1 rows only: on
+    # smollm2 here, on gemma3 in full); smollm2's deeper-layers curve without HellaSwag, where 40
+    # items cannot clear the floor (its two claims were "not testable" in every quick run).
+    "quick": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {"datasets": ["counterfact", "fever"]}),
+              QWEN_QUICK[0], ("prune", "smollm2-135m", {"eval_tasks": ["arc_easy"]}), QWEN_QUICK[1],
               ("painters", "smollm2-135m", {"encoder": "minilm-l6"}),
               ("laser_sokoban", "sokoban-dt", {}), *BEYOND["quick"]],
     "full": [("laser", "smollm2-135m", {}), ("laser", "gemma3-270m", {}), ("laser", QWEN, {}),
