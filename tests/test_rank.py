@@ -129,6 +129,37 @@ def test_sweep_stores_every_point_and_protocol_reports_intervals(tmp_path):
     assert again._scorer is None
 
 
+def test_a_released_sweeper_reads_its_stored_points_without_tokenising(tmp_path, monkeypatch):
+    model = tiny_model("llama")
+    task = laser.build_task(str(facts_file(tmp_path)))
+    sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, results.ResultStore(tmp_path / "r"))
+    table = laser.sweep(sweeper, ["mlp_in"], [2, 3], [0.1], progress=False)
+    sweeper.release()
+
+    def refuse(*a, **k):
+        raise AssertionError("stored points were tokenised again")
+    monkeypatch.setattr(scoring, "encode", refuse)
+    report = laser.protocol(sweeper, table)  # base and best: both stored by the sweep
+    assert report["n_test"] == 24
+
+
+def test_greedy_scores_each_steps_candidates_in_one_pass(tmp_path, monkeypatch):
+    from layerlab.core import prefix_stream
+    calls = []
+    real = prefix_stream.scores
+
+    def counting(model, batches, n_rows, jobs, max_bytes="auto"):
+        calls.append(len(jobs))
+        yield from real(model, batches, n_rows, jobs, max_bytes)
+    monkeypatch.setattr(prefix_stream, "scores", counting)
+    model = tiny_model("llama")
+    task = laser.build_task(str(facts_file(tmp_path)))
+    sweeper = laser.Sweeper(model, CharTokenizer(), "tiny", task, results.ResultStore(tmp_path / "r"))
+    laser.greedy(sweeper, ["mlp_in", "mlp_out"], [3, 2, 1], [0.1, 0.5], progress=False)
+    # the base, one call of 4 candidates per layer (they share the prefix below it), the final composition
+    assert calls[:4] == [1, 4, 4, 4] and len(calls) <= 5
+
+
 def _val_table(points):
     """Summary rows of a sweep: points = [(matrix_type, layer, rho, val acc, val nll)]."""
     rows = []

@@ -163,7 +163,8 @@ class Sweeper:
         keys = [self.key(p) for p in points]
         todo = list({k: p for k, p in zip(keys, points) if not self._stored(k)}.items())
         done = tqdm(total=len(todo), desc=f"LASER {self.task.name}", disable=not progress, mininterval=10)
-        for i, scores in self.row_scores([p for _, p in todo]):
+        # nothing to compute: the rows are not even tokenised (a released sweeper reads its points for free)
+        for i, scores in (self.row_scores([p for _, p in todo]) if todo else ()):
             key, reductions = todo[i]
             per_item = item_metrics(self.task, scores)
             self.store.put(f"{self.technique}_items", key, per_item.assign(
@@ -291,8 +292,9 @@ def greedy(sweeper: Sweeper, matrix_types, layers, rhos, progress: bool = True) 
     trace = [{"step": 0, "added": "base", "val_acc": current[0], "val_nll": current[1]}]
     for layer in tqdm(sorted(layers, reverse=True), desc=f"greedy {sweeper.task.name}",
                       disable=not progress, mininterval=10):
-        candidates = [(val_score(kept + [rank.Reduction(t, layer, float(rho))]), rank.Reduction(t, layer, float(rho)))
-                      for t in matrix_types for rho in rhos]
+        step = [rank.Reduction(t, layer, float(rho)) for t in matrix_types for rho in rhos]
+        search.points([kept + [r] for r in step])  # scored together: one capture of the prefix below the layer
+        candidates = [(val_score(kept + [r]), r) for r in step]
         (acc, nll), best = max(candidates, key=lambda c: (c[0][0], -c[0][1]))
         if (acc, -nll) > (current[0], -current[1]):
             kept.append(best)
