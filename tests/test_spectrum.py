@@ -227,3 +227,21 @@ def test_spectrum_points_stay_out_of_the_laser_chapters_table(tmp_path):
     assert set(store.table(spectrum.TECHNIQUE)["technique"]) == {spectrum.TECHNIQUE}
     assert variants.key(top) != chapter.key(top)
     laser.select_best(store.table("laser"))  # one row per point: no "mixes protocols" error
+
+
+def test_quick_keeps_the_variants_the_claims_compare_and_full_every_matrix_alone():
+    import pandas as pd
+    from layerlab.beyond import spectrum
+    from layerlab.laser import rank
+    assert spectrum.profile_config("quick", 30)["per_matrix"] is False
+    assert spectrum.profile_config("full", 30)["per_matrix"] is True
+    with pytest.raises(ValueError, match="per_matrix: 'no'; allowed: True or False"):
+        spectrum.profile_config("quick", 30, per_matrix="no")
+    mp = pd.DataFrame({"rule": ["laserrmt", "laserrmt"],
+                       "reduction": [rank.Reduction("mlp_in", 28, 0.6), rank.Reduction("mlp_out", 29, 1.0)]})
+    best = rank.Reduction("mlp_in", 29, 0.1)
+    few = spectrum.variants(best, mp, per_matrix=False)
+    assert set(few) == {spectrum.UNMODIFIED, spectrum.LASER, spectrum.SMALLEST, spectrum.composed("laserrmt")}
+    assert few[spectrum.composed("laserrmt")] == [rank.Reduction("mlp_in", 28, 0.6)]  # rho = 1 changes nothing
+    every = spectrum.variants(best, mp)
+    assert set(every) - set(few) == {"MP (laserRMT edge) mlp_in@28", "MP (laserRMT edge) mlp_out@29"}

@@ -33,7 +33,7 @@ from layerlab.laser.tasks import item_metrics
 
 MATRIX_TYPES = ("mlp_in", "mlp_out")
 PROFILES = ("smoke", "quick", "full")
-OVERRIDABLE = ("datasets", "matrix_types", "layers", "rhos", "limits", "rules")
+OVERRIDABLE = ("datasets", "matrix_types", "layers", "rhos", "limits", "rules", "per_matrix")
 NONINFERIORITY = 0.05  # "MP does as well as LASER": the paired test Δ stays above -5 pp (stated in advance)
 UNMODIFIED, LASER, SMALLEST = "unmodified", "LASER (top k, chosen on val)", "bottom k (smallest)"
 RULE_NAMES = {"laserrmt": "laserRMT edge", "iterative": "iterative noise edge"}
@@ -67,7 +67,9 @@ def profile_config(profile: str, n_layers: int, **overrides) -> dict:
     cfg = {"datasets": datasets, "matrix_types": list(MATRIX_TYPES),
            "layers": deep_layers(n_layers)[-2:] if profile == "smoke" else deep_layers(n_layers),
            "rhos": None, "limits": None,
-           "rules": list(rank.MP_RULES)}
+           "rules": list(rank.MP_RULES),
+           # each MP matrix alone: ~85% of this section's points; quick keeps what the claims compare
+           "per_matrix": profile != "quick"}
     cfg = params.override(cfg, **overrides)
     main = {ds: ds == lc["datasets"][0] or ds not in laser.DATASETS for ds in cfg["datasets"]}  # full grid there
     given = cfg["limits"] if isinstance(cfg["limits"], dict) else {}
@@ -85,6 +87,8 @@ def profile_config(profile: str, n_layers: int, **overrides) -> dict:
     bad = [t for t in cfg["matrix_types"] if t not in ("mlp_in", "gate", "mlp_out")]
     if bad:
         raise ValueError(f"matrix_types: {bad} are not MLP matrices; allowed: mlp_in, gate, mlp_out")
+    if not isinstance(cfg["per_matrix"], bool):
+        raise ValueError(f"per_matrix: {cfg['per_matrix']!r}; allowed: True or False")
     return cfg
 
 
@@ -127,15 +131,15 @@ def select(sweeper: laser.Sweeper, matrix_types, layers, rhos) -> tuple[rank.Red
     return laser.select_best(table), "validation-only sweep"
 
 
-def variants(best: rank.Reduction | None, mp: pd.DataFrame) -> dict[str, list[rank.Reduction]]:
+def variants(best: rank.Reduction | None, mp: pd.DataFrame, per_matrix: bool = True) -> dict[str, list[rank.Reduction]]:
     """Name -> reductions: unmodified, LASER's choice (top k), the k smallest components at
-    the same (tau, l, rho), and per MP rule each matrix alone (rho = 1: the unmodified
-    model) and all of the rule's reductions composed."""
+    the same (tau, l, rho), and per MP rule all of the rule's reductions composed and (with
+    ``per_matrix``) each matrix alone (rho = 1: the unmodified model)."""
     out = {UNMODIFIED: [], LASER: [best] if best else []}
     if best is not None:
         out[SMALLEST] = [rank.Reduction(best.matrix_type, best.layer, best.rho, "smallest")]
     for rule, part in mp.groupby("rule", sort=False):
-        for r in part["reduction"]:
+        for r in part["reduction"] if per_matrix else ():
             out[f"MP ({RULE_NAMES[rule]}) {r.matrix_type}@{r.layer}"] = [r] if r.rho < 1 else []
         out[composed(rule)] = [r for r in part["reduction"] if r.rho < 1]
     return out
@@ -156,7 +160,7 @@ def run_dataset(model: nn.Module, tokenizer, model_name: str, store, dataset: st
     sweeper = laser.Sweeper(model, tokenizer, model_name, task, store, seed=seed, limit=limit, svd=chapter.svd,
                             technique=TECHNIQUE)
     mp = mp_table(model, cfg["matrix_types"], cfg["layers"], sweeper.svd, cfg["rules"])
-    named = variants(best, mp)
+    named = variants(best, mp, cfg.get("per_matrix", True))
     sweeper.points(list(named.values()))
     items = {name: sweeper.items(reds) for name, reds in named.items()}
     sweeper.release()
