@@ -305,7 +305,7 @@ def load(name_or_path: str, dtype: str | torch.dtype = "auto", device: str | tor
         "float16" (or a torch.dtype). Both are checked before anything is read. device
         "meta": the architecture without weights, for planning (``planning.weightless``).
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     if str(device) == "meta":
         from .planning import weightless
@@ -324,12 +324,11 @@ def load(name_or_path: str, dtype: str | torch.dtype = "auto", device: str | tor
         model.to(torch_device)
     # the weights' fingerprint, taken from the files now, before any intervention edits them
     model.layerlab_weights = folder_fingerprint(source) if Path(source).is_dir() else _hub_fingerprint(source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"  # the runner and the scorers take right-padded batches
+    from .planning import load_tokenizer  # shared with the weightless models a Ray driver plans on
+    tokenizer = load_tokenizer(source)
     _check_runner(model, tokenizer)
     return model, tokenizer
+
 
 
 def _check_runner(model: nn.Module, tokenizer) -> None:

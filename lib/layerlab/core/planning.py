@@ -36,13 +36,12 @@ def weightless(name_or_path: str, dtype: str | torch.dtype):
     with torch.device("meta"):
         model = auto.from_config(config, dtype=torch_dtype).eval()
     model.layerlab_weights = models.fingerprint(name_or_path)
-    return model, _tokenizer(source)
+    return model, load_tokenizer(source)
 
 
-def _tokenizer(source: str):
-    """The tokenizer as ``models.load`` returns it: with a pad token, right-padded."""
+def load_tokenizer(source: str):
+    """A resolved model's tokenizer with a pad token, right-padded (as the runner and scorers take)."""
     from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
