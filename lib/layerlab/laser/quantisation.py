@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from layerlab.core import models
 from . import rank
@@ -104,7 +105,7 @@ def compare(raw: np.ndarray, type_name: str, w: np.ndarray, rhos) -> pd.DataFram
     """Per rho: removed_energy = ||W - W_k||_F^2 (sum of squared dropped singular values of
     the dequantised W [out, in]), the noise energies (``noise_energy``), their ratio
     removed / bound, and both as fractions of ||W||_F^2."""
-    s2 = np.linalg.svd(w.astype(np.float64), compute_uv=False) ** 2
+    s2 = rank.singular_values(torch.from_numpy(w.astype(np.float64))).numpy() ** 2
     bound, uniform = noise_energy(raw, type_name)
     total = float(s2.sum())
     rows = []
