@@ -105,7 +105,7 @@ def compare(raw: np.ndarray, type_name: str, w: np.ndarray, rhos) -> pd.DataFram
     """Per rho: removed_energy = ||W - W_k||_F^2 (sum of squared dropped singular values of
     the dequantised W [out, in]), the noise energies (``noise_energy``), their ratio
     removed / bound, and both as fractions of ||W||_F^2."""
-    s2 = rank.singular_values(torch.from_numpy(w.astype(np.float64))).numpy() ** 2
+    s2 = rank.singular_values(torch.from_numpy(w.astype(np.float64))).cpu().numpy() ** 2
     bound, uniform = noise_energy(raw, type_name)
     total = float(s2.sum())
     rows = []
