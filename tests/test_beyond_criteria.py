@@ -143,6 +143,28 @@ def test_mmlu_costs_are_drops_per_item_and_stored_per_n(tmp_path, monkeypatch):
     assert len(calls) == 3
 
 
+def test_an_interrupted_mmlu_map_keeps_its_journal_for_the_rerun(tmp_path, monkeypatch):
+    model, store = tiny_model("llama"), results.ResultStore(tmp_path)
+    journals = []
+
+    def dies_at_n2(model, tok, tasks, edits, limit=None, journal=None, **kw):
+        journals.append(journal)
+        if len(edits) == N_LAYERS - 1:  # the map at n = 2
+            raise KeyboardInterrupt
+        return {name: (pd.DataFrame(), pd.DataFrame({"dataset": "mmlu", "metric": "acc", "item": range(limit),
+                                                     "value": 1.0})) for name in edits}
+    monkeypatch.setattr(truth.prefix_eval, "evaluate_edits", dies_at_n2)
+    with pytest.raises(KeyboardInterrupt):
+        truth.mmlu_costs(model, None, "tiny", store, [1, 2], limit=4)
+    base, n1, n2 = journals
+    assert base is None  # the unmodified model alone is short: no journal
+    assert n1 != n2 and n1.parent == n2.parent
+    assert not n1.exists() and n2.is_dir()  # n = 1 stored, its journal gone; n = 2's kept for the rerun
+    with pytest.raises(KeyboardInterrupt):
+        truth.mmlu_costs(model, None, "tiny", store, [1, 2], limit=4)
+    assert journals[3:] == [n2]  # base and n = 1 read from the store; n = 2 resumes in the same journal
+
+
 def test_profiles_scale_with_the_layers_and_refuse_bad_values():
     assert truth.profile_config("quick", 30)["ns"] == [1, 2, 4, 8]
     q = truth.profile_config("quick", 28)

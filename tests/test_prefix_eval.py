@@ -200,3 +200,56 @@ def test_lm_eval_edits_equal_lm_eval_on_each_edited_smollm2(dtype):
             assert len(ours) == len(theirs) > 0
             diff = float(np.max(np.abs(np.array(ours) - np.array(theirs))))
             assert diff <= tol, (label, t, diff)
+
+
+def test_a_killed_run_resumes_from_its_journal_with_the_same_answers(tmp_path):
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    zoo = list(edit_zoo(model).values())
+    requests = token_requests(n=10)
+    kw = dict(pretrained=model, tokenizer=tok, batch_size=2, device="cpu", softmax_dtype=torch.float32,
+              edits=zoo, chunk_tokens=40)
+    n_chunks = len(prefix_eval.chunks(requests, 40))
+    assert n_chunks >= 3
+    plain = prefix_eval.PrefixSharedLM(**kw)
+    expected = [plain._loglikelihood_tokens(requests, disable_tqdm=True) for plain.current in range(len(zoo))]
+
+    killed = prefix_eval.PrefixSharedLM(**kw, journal=tmp_path)
+    done = []
+    original = killed._compute_chunk
+
+    def dies_on_the_third_chunk(chunk, n_layers):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(1)
+        return original(chunk, n_layers)
+
+    killed._compute_chunk = dies_on_the_third_chunk
+    with pytest.raises(KeyboardInterrupt):
+        killed._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert len(list(tmp_path.glob("*.json"))) == 2 and not list(tmp_path.glob(".*.tmp"))
+
+    resumed = prefix_eval.PrefixSharedLM(**kw, journal=tmp_path)
+    got = [resumed._loglikelihood_tokens(requests, disable_tqdm=True) for resumed.current in range(len(zoo))]
+    assert got == expected  # exact: the journal keeps every float64
+    assert resumed.model_calls["chunks_resumed"] == 2
+    assert resumed.model_calls["capture"] == plain.model_calls["capture"] - killed.model_calls["capture"]
+
+    other_batching = prefix_eval.PrefixSharedLM(**{**kw, "batch_size": 3}, journal=tmp_path)
+    other_batching._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert other_batching.model_calls["chunks_resumed"] == 0  # a different batch size pads differently
+
+
+def test_a_store_journal_is_kept_when_interrupted_and_removed_when_done(tmp_path):
+    from layerlab.core import results
+
+    store = results.ResultStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        with store.journal("t", ["k1", "k2"]) as j:
+            (j / "chunk.json").write_text("[]")
+            raise KeyboardInterrupt
+    with store.journal("t", ["k1", "k2"]) as again:
+        assert again == j and (again / "chunk.json").exists()
+        with store.journal("t", ["k2", "k1"]) as reordered:  # edits follow the keys' order
+            assert reordered != j
+    assert not j.exists() and not reordered.exists()
+    assert store.table().empty  # a journal holds no points

@@ -238,20 +238,22 @@ def run(model: nn.Module, tokenizer, model_name: str, store: results.ResultStore
             if not all(store.has(TECHNIQUE, v) and store.has(ITEMS, v) for v in k.values())]
     if todo:
         e = {i: edits_mod.from_schedule(points[i]["steps"], n_layers) for i in todo}
-        scored = prefix_eval.evaluate_edits(model, tokenizer, list(cfg["tasks"]), e, limit=cfg["limit"],
-                                            loss_chunks=chunks, batch_size=cfg["batch_size"], data_dir=data_dir,
-                                            seed=seed)
-        runtime = results.runtime_columns(models.runtime(model))
-        for i, (rows, items) in scored.items():
-            p = points[i]
-            meta = dict(model=model_name, method=p["method"], n_blocks=p["n_blocks"], n_layers=n_layers, k=p["k"],
-                        dropped=",".join(map(str, p["dropped"])), params_removed=p["params"],
-                        block_params_removed=p["target"], schedule=schedule.describe(p["steps"]), seed=seed,
-                        limit=-1 if cfg["limit"] is None else cfg["limit"], **runtime)
-            for d, key in keys[i].items():
-                part = items[items.dataset == d]
-                store.put(ITEMS, key, part.assign(technique=ITEMS, split="test", n_items=1, **meta))
-                store.put(TECHNIQUE, key, rows[rows.dataset == d].assign(technique=TECHNIQUE, split="test", **meta))
+        with store.journal(TECHNIQUE, [v for i in todo for v in keys[i].values()]) as journal:
+            scored = prefix_eval.evaluate_edits(model, tokenizer, list(cfg["tasks"]), e, limit=cfg["limit"],
+                                                loss_chunks=chunks, batch_size=cfg["batch_size"], data_dir=data_dir,
+                                                seed=seed, journal=journal)
+            runtime = results.runtime_columns(models.runtime(model))
+            for i, (rows, items) in scored.items():
+                p = points[i]
+                meta = dict(model=model_name, method=p["method"], n_blocks=p["n_blocks"], n_layers=n_layers,
+                            k=p["k"], dropped=",".join(map(str, p["dropped"])), params_removed=p["params"],
+                            block_params_removed=p["target"], schedule=schedule.describe(p["steps"]), seed=seed,
+                            limit=-1 if cfg["limit"] is None else cfg["limit"], **runtime)
+                for d, key in keys[i].items():
+                    part = items[items.dataset == d]
+                    store.put(ITEMS, key, part.assign(technique=ITEMS, split="test", n_items=1, **meta))
+                    store.put(TECHNIQUE, key, rows[rows.dataset == d].assign(technique=TECHNIQUE, split="test",
+                                                                             **meta))
     timer["points"] = time.time() - t0
     stored = [v for k in keys for v in k.values()]
     return (pd.concat([store.get(TECHNIQUE, v) for v in stored], ignore_index=True),

@@ -148,10 +148,10 @@ def true_costs(model: nn.Module, model_name: str, store: results.ResultStore, ch
 
 
 def _mmlu_items(model: nn.Module, tokenizer, edits: dict, limit, data_dir, seed: int,
-                batch_size: int) -> dict[str, pd.Series]:
+                batch_size: int, journal=None) -> dict[str, pd.Series]:
     """name -> the 0/1 accuracy per MMLU item (index: lm-eval's doc_id) of each edit."""
     scored = prefix_eval.evaluate_edits(model, tokenizer, ["mmlu"], edits, limit=limit, batch_size=batch_size,
-                                        data_dir=data_dir, seed=seed)
+                                        data_dir=data_dir, seed=seed, journal=journal)
     out = {}
     for name, (_, items) in scored.items():
         acc = items[(items.dataset == "mmlu") & (items.metric == "acc")]
@@ -186,15 +186,16 @@ def mmlu_costs(model: nn.Module, tokenizer, model_name: str, store: results.Resu
         if not store.has(MMLU, key):
             t0 = time.time()
             spans = span_edits(big_l, n)
-            accs = _mmlu_items(model, tokenizer, {f"l{layer}": e for layer, e in spans.items()}, limit, data_dir,
-                               seed, batch_size)
-            rows = []
-            for layer in spans:
-                acc = accs[f"l{layer}"].reindex(base.index)
-                rows.append(pd.DataFrame({"item": base.index.to_numpy(), "n": n, "layer": layer,
-                                          "acc": acc.to_numpy(), "base": base.to_numpy(),
-                                          "value": base.to_numpy() - acc.to_numpy()}))
-            store.put(MMLU, key, pd.concat(rows, ignore_index=True).assign(seconds=time.time() - t0, **common))
+            with store.journal(MMLU, [key]) as journal:  # hours on a CPU: resumable per chunk
+                accs = _mmlu_items(model, tokenizer, {f"l{layer}": e for layer, e in spans.items()}, limit,
+                                   data_dir, seed, batch_size, journal)
+                rows = []
+                for layer in spans:
+                    acc = accs[f"l{layer}"].reindex(base.index)
+                    rows.append(pd.DataFrame({"item": base.index.to_numpy(), "n": n, "layer": layer,
+                                              "acc": acc.to_numpy(), "base": base.to_numpy(),
+                                              "value": base.to_numpy() - acc.to_numpy()}))
+                store.put(MMLU, key, pd.concat(rows, ignore_index=True).assign(seconds=time.time() - t0, **common))
         frames.append(store.get(MMLU, key))
     return pd.concat(frames, ignore_index=True)
 

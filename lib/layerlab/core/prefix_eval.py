@@ -18,6 +18,11 @@ and metrics, but computes the model's part once per batch for all edits:
 3. Every edit's answers are kept (a float and a bool per request); one ``simple_evaluate``
    per edit then reads them for lm-eval's metrics, per-sample logs and aggregation.
 
+Resuming: given a ``journal`` folder (``results.ResultStore.journal``, named by the points
+being computed), every chunk's answers are written there as it finishes, named by the
+chunk's requests, batch size, chunk size, edit count, dtype and device; a rerun reads them
+instead of computing the chunk again, so a killed run loses at most one chunk.
+
 Memory: one chunk's states for the distinct start blocks, [chunk rows, chunk length,
 d_model] each, whatever the number of items; the answers table grows by two numbers per
 request and edit. Compute: one full pass of the unmodified model per chunk plus each
@@ -28,7 +33,11 @@ run on the edited model itself (``edits.applied``), as before.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -46,15 +55,17 @@ class PrefixSharedLM(ScoredPositionsLM):
     once (see the module docstring); ``current`` selects whose answers lm-eval receives
     and which edit ``generate_until`` runs."""
 
-    def __init__(self, *args, edits: Sequence[edits_mod.Edit], chunk_tokens: int = 8192, **kwargs):
+    def __init__(self, *args, edits: Sequence[edits_mod.Edit], chunk_tokens: int = 8192,
+                 journal: str | os.PathLike | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1; got {chunk_tokens!r}")
         self.edits, self.chunk_tokens, self.current = list(edits), chunk_tokens, 0
+        self.journal = None if journal is None else Path(journal)
         self._answers: dict[tuple, list[tuple[float, bool]]] = {}
         self._mode: str | int | None = None
         self._states: dict[tuple, runner.ResidualState] = {}
-        self.model_calls = {"capture": 0, "suffix": 0}
+        self.model_calls = {"capture": 0, "suffix": 0, "chunks_resumed": 0}
 
     # lm-eval entry points -----------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
@@ -79,22 +90,43 @@ class PrefixSharedLM(ScoredPositionsLM):
         self._keep = edits_mod.starts(self.edits) | {n_layers}
         try:
             for chunk in chunks(requests, self.chunk_tokens):
-                self._mode = CAPTURE  # the capture pass scores the unmodified model
-                unmodified = super()._loglikelihood_tokens(chunk, disable_tqdm=True)
-                per_edit = []
-                for i, edit in enumerate(self.edits):
-                    if edit == edits_mod.unmodified(n_layers):
-                        per_edit.append(unmodified)
-                        continue
-                    self._mode = i
-                    with edits_mod.weights_applied(self.model, edit):
-                        per_edit.append(super()._loglikelihood_tokens(chunk, disable_tqdm=True))
+                saved = self._journal_file(chunk)
+                per_edit = _read_answers(saved, len(chunk), len(self.edits))
+                if per_edit is None:
+                    per_edit = self._compute_chunk(chunk, n_layers)
+                    _write_answers(saved, per_edit)
+                else:
+                    self.model_calls["chunks_resumed"] += 1
                 for j, r in enumerate(chunk):
                     self._answers[_request_key(r)] = [answers[j] for answers in per_edit]
-                self._states.clear()
         finally:
             self._mode = None
             self._states.clear()
+
+    def _compute_chunk(self, chunk: list, n_layers: int) -> list[list[tuple[float, bool]]]:
+        """Per edit, lm-eval's (log-likelihood, greedy) answer to each request of ``chunk``."""
+        self._mode = CAPTURE  # the capture pass scores the unmodified model
+        unmodified = super()._loglikelihood_tokens(chunk, disable_tqdm=True)
+        per_edit = []
+        for i, edit in enumerate(self.edits):
+            if edit == edits_mod.unmodified(n_layers):
+                per_edit.append(unmodified)
+                continue
+            self._mode = i
+            with edits_mod.weights_applied(self.model, edit):
+                per_edit.append(super()._loglikelihood_tokens(chunk, disable_tqdm=True))
+        self._states.clear()
+        return per_edit
+
+    def _journal_file(self, chunk: list) -> Path | None:
+        """Where this chunk's answers are kept: named by everything they depend on besides
+        the model and the edits themselves, which the journal folder's name stands for."""
+        if self.journal is None:
+            return None
+        param = next(self.model.parameters())
+        what = [[list(k) for k in map(_request_key, chunk)], self.batch_size, self.chunk_tokens, len(self.edits),
+                str(param.dtype), param.device.type]
+        return self.journal / f"{hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]}.json"
 
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
                     labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,6 +173,29 @@ def scored_logits(model: nn.Module, h: torch.Tensor, spans: list[tuple[int, int]
     return out
 
 
+def _read_answers(path: Path | None, n_requests: int, n_edits: int) -> list[list[tuple[float, bool]]] | None:
+    """A chunk's answers from its journal file; None when there is none or it does not fit."""
+    if path is None or not path.exists():
+        return None
+    try:
+        per_edit = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if len(per_edit) != n_edits or any(len(answers) != n_requests for answers in per_edit):
+        return None
+    return [[(float(ll), bool(greedy)) for ll, greedy in answers] for answers in per_edit]
+
+
+def _write_answers(path: Path | None, per_edit: list) -> None:
+    """Write a chunk's answers atomically (json keeps every float64 exactly)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps([[[float(ll), bool(greedy)] for ll, greedy in answers] for answers in per_edit]))
+    os.replace(tmp, path)
+
+
 def _request_key(request) -> tuple:
     _, context_enc, continuation_enc = request
     return tuple(context_enc), tuple(continuation_enc)
@@ -171,16 +226,19 @@ def chunks(requests: list, chunk_tokens: int) -> list[list]:
 
 def lm_eval_edits(model: nn.Module, tokenizer, tasks: list[str], edits: Mapping[str, edits_mod.Edit],
                   limit: int | float | None = None, batch_size: int = 16, data_dir=None, seed: int = 0,
-                  log_samples: bool = True, chunk_tokens: int = 8192) -> dict[str, tuple[pd.DataFrame, dict]]:
+                  log_samples: bool = True, chunk_tokens: int = 8192,
+                  journal: str | os.PathLike | None = None) -> dict[str, tuple[pd.DataFrame, dict]]:
     """``evaluation.lm_eval`` for every edit of ``edits`` (name -> Edit), sharing each
-    edit's unchanged prefix. Returns name -> (tidy rows, raw lm-eval output) as
+    edit's unchanged prefix; with ``journal`` (a folder standing for exactly this model and
+    these edits, in this order: ``results.ResultStore.journal``), resumable per chunk. Returns name -> (tidy rows, raw lm-eval output) as
     ``evaluation.lm_eval`` would for the edited model (equal log-likelihoods up to float
     rounding: tests/test_prefix_eval.py)."""
     if not edits:
         return {}
     device = str(next(model.parameters()).device)
     lm = PrefixSharedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
-                        softmax_dtype=torch.float32, edits=list(edits.values()), chunk_tokens=chunk_tokens)
+                        softmax_dtype=torch.float32, edits=list(edits.values()), chunk_tokens=chunk_tokens,
+                        journal=journal)
     out = {}
     for i, name in enumerate(edits):
         lm.current = i
@@ -208,17 +266,19 @@ def item_rows(out: dict, tasks: list[str]) -> pd.DataFrame:
 
 def evaluate_edits(model: nn.Module, tokenizer, tasks: list[str], edits: Mapping[str, edits_mod.Edit],
                    limit: int | float | None = None, loss_chunks: torch.Tensor | None = None,
-                   batch_size: int = 16, data_dir=None, seed: int = 0) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+                   batch_size: int = 16, data_dir=None, seed: int = 0,
+                   journal: str | os.PathLike | None = None) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """lm-eval ``tasks`` and, if ``loss_chunks`` ([n, T] token ids) is given, the held-out
     next-token loss normalised by log(vocab) (dataset "heldout", metric "loss_norm"), for
-    every edit, prefix-shared. Returns name -> (tidy rows as ``evaluation.evaluate_model``
+    every edit, prefix-shared (lm-eval resumable per chunk with ``journal``, as in
+    ``lm_eval_edits``). Returns name -> (tidy rows as ``evaluation.evaluate_model``
     gives them; per-item rows: ``item_rows`` for the tasks, one row per chunk for the loss)."""
     from .lm_loss import chunk_losses, mean_and_se
 
     out = {name: ([], []) for name in edits}
     if tasks:
         for name, (rows, raw) in lm_eval_edits(model, tokenizer, tasks, edits, limit=limit, batch_size=batch_size,
-                                               data_dir=data_dir, seed=seed).items():
+                                               data_dir=data_dir, seed=seed, journal=journal).items():
             out[name][0].append(rows)
             out[name][1].append(item_rows(raw, tasks))
     if loss_chunks is not None:

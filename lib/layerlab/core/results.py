@@ -14,6 +14,11 @@ shared storage) is moved aside to ``<key>.parquet.unreadable-<id>`` beside it wi
 ``UnreadableShardWarning`` that names it, and its point counts as missing: ``has`` says
 False, ``keys`` leaves it out, ``table`` skips it, so the point is computed again.
 
+A computation that fills several points in one long run (a prefix-shared lm-eval pass over
+many edits) keeps its partial work in ``ResultStore.journal``, a folder named by exactly the
+keys it computes: a killed run leaves it, a rerun of the same keys resumes from it, and it is
+removed once those points are stored.
+
 Bump ``CODE_VERSION`` when a change alters measured numbers: old points stop matching
 and are recomputed, and both stay distinguishable in the table.
 """
@@ -23,9 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +41,7 @@ import pyarrow.parquet as pq
 
 CODE_VERSION = "4"  # 2: keys carry dtype and device type; 3: weights fingerprint and package versions;
 # 4: continuations split as lm-eval splits them, parallel groups summed in float32, lm-eval prefix-shared
+JOURNALS = "_partial"  # ResultStore.journal's folders; holds no points
 REQUIRED = ("model", "technique", "dataset", "split", "metric", "value", "n_items")
 
 
@@ -154,9 +162,23 @@ class ResultStore:
             self.put(technique, key, compute())
         return self.get(technique, key)
 
+    @contextmanager
+    def journal(self, technique: str, keys: Iterable[str]) -> Iterator[Path]:
+        """A folder for the partial work of computing the points ``keys`` (in this order)
+        of ``technique``, e.g. ``prefix_eval``'s answers per chunk. Store the points inside
+        the ``with``: the folder is removed when it exits normally and kept when the work is
+        interrupted, so the next run of exactly these keys finds it."""
+        ordered = list(keys)
+        digest = hashlib.sha256(json.dumps([CODE_VERSION, technique, ordered]).encode()).hexdigest()[:24]
+        path = self.root / JOURNALS / technique / digest
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        shutil.rmtree(path, ignore_errors=True)
+
     def table(self, technique: str | None = None) -> pd.DataFrame:
         """Every stored row (of one technique, or all), as one tidy DataFrame."""
-        folders = [self.root / technique] if technique else sorted(p for p in self.root.iterdir() if p.is_dir())
+        folders = ([self.root / technique] if technique else
+                   sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != JOURNALS))
         frames = [frame for d in folders if d.exists() for f in sorted(d.glob("*.parquet"))
                   if (frame := self._read(f)) is not None]
         if not frames:

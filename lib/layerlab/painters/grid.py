@@ -113,18 +113,21 @@ def evaluate_specs(model: nn.Module, tokenizer, model_name: str, store: results.
             groups.setdefault((limit, tuple(t for t in todo if limits.get(t) == limit)), []).append(s)
     for (limit, group), specs_ in groups.items():
         edits = {s: edits_mod.from_schedule(s.steps(n_layers), n_layers) for s in specs_}
-        scored = prefix_eval.lm_eval_edits(model, tokenizer, list(group), edits, limit=limit, batch_size=batch_size,
-                                           data_dir=data_dir, seed=seed, log_samples=True)
-        for s, (rows, out) in scored.items():
-            extra = dict(model=model_name, split="test", n_layers=n_layers, eval_seed=seed,
-                         affected=0 if s.variant == "base" else n_layers - 2 * s.n_outer,
-                         schedule=schedule.describe(s.steps(n_layers)), **s.as_dict())
-            rows = rows.assign(technique=TECHNIQUE, **extra, **results.runtime_columns(runtime))
-            items = item_rows(out, list(group)).assign(technique=ITEMS, **extra, **results.runtime_columns(runtime))
-            for t in group:
-                part = items[items.dataset == t]
-                store.put(ITEMS, keys[s][t], part.assign(n_items=len(part)))
-                store.put(TECHNIQUE, keys[s][t], rows[rows.dataset == t])
+        with store.journal(TECHNIQUE, [keys[s][t] for s in specs_ for t in group]) as journal:
+            scored = prefix_eval.lm_eval_edits(model, tokenizer, list(group), edits, limit=limit,
+                                               batch_size=batch_size, data_dir=data_dir, seed=seed, log_samples=True,
+                                               journal=journal)
+            for s, (rows, out) in scored.items():
+                extra = dict(model=model_name, split="test", n_layers=n_layers, eval_seed=seed,
+                             affected=0 if s.variant == "base" else n_layers - 2 * s.n_outer,
+                             schedule=schedule.describe(s.steps(n_layers)), **s.as_dict())
+                rows = rows.assign(technique=TECHNIQUE, **extra, **results.runtime_columns(runtime))
+                items = item_rows(out, list(group)).assign(technique=ITEMS, **extra,
+                                                           **results.runtime_columns(runtime))
+                for t in group:
+                    part = items[items.dataset == t]
+                    store.put(ITEMS, keys[s][t], part.assign(n_items=len(part)))
+                    store.put(TECHNIQUE, keys[s][t], rows[rows.dataset == t])
     return pd.concat([store.get(TECHNIQUE, keys[s][t]) for s, tasks in spec_tasks.items() for t in tasks],
                      ignore_index=True)
 

@@ -187,12 +187,13 @@ def curve_points(model: nn.Module, tokenizer, model_name: str, store, points: li
     for tasks, members in groups.items():
         loss = loss_chunks if any("heldout" in todo[i] for i in members) else None
         edits = {i: edits_mod.from_schedule(schedule.drop(n_layers, points[i][2]), n_layers) for i in members}
-        scored = prefix_eval.evaluate_edits(model, tokenizer, list(tasks), edits, limit=limit, loss_chunks=loss,
-                                            batch_size=batch_size, data_dir=data_dir, seed=seed)
-        for i, (rows, items) in scored.items():
-            method, n, blocks, _ = points[i]
-            meta = _meta(model_name, method, n, n_layers, blocks, None, None, limit, seed, runtime)
-            _store(store, keys[i], todo[i], rows, items, meta)
+        with store.journal(TECHNIQUE, [keys[i][d] for i in members for d in todo[i]]) as journal:
+            scored = prefix_eval.evaluate_edits(model, tokenizer, list(tasks), edits, limit=limit, loss_chunks=loss,
+                                                batch_size=batch_size, data_dir=data_dir, seed=seed, journal=journal)
+            for i, (rows, items) in scored.items():
+                method, n, blocks, _ = points[i]
+                meta = _meta(model_name, method, n, n_layers, blocks, None, None, limit, seed, runtime)
+                _store(store, keys[i], todo[i], rows, items, meta)
     return pd.concat([store.get(TECHNIQUE, k[d]) for k in keys for d in k], ignore_index=True)
 
 
