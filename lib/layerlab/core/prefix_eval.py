@@ -230,9 +230,9 @@ def lm_eval_edits(model: nn.Module, tokenizer, tasks: list[str], edits: Mapping[
                   journal: str | os.PathLike | None = None) -> dict[str, tuple[pd.DataFrame, dict]]:
     """``evaluation.lm_eval`` for every edit of ``edits`` (name -> Edit), sharing each
     edit's unchanged prefix; with ``journal`` (a folder standing for exactly this model and
-    these edits, in this order: ``results.ResultStore.journal``), resumable per chunk. Returns name -> (tidy rows, raw lm-eval output) as
-    ``evaluation.lm_eval`` would for the edited model (equal log-likelihoods up to float
-    rounding: tests/test_prefix_eval.py)."""
+    these edits, in this order: ``results.ResultStore.journal``), resumable per chunk.
+    Returns name -> (tidy rows, raw lm-eval output) as ``evaluation.lm_eval`` would for the
+    edited model (equal log-likelihoods up to float rounding: tests/test_prefix_eval.py)."""
     if not edits:
         return {}
     device = str(next(model.parameters()).device)
