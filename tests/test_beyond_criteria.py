@@ -168,8 +168,8 @@ def test_an_interrupted_mmlu_map_keeps_its_journal_for_the_rerun(tmp_path, monke
 def test_profiles_scale_with_the_layers_and_refuse_bad_values():
     assert truth.profile_config("quick", 30)["ns"] == [1, 2, 4, 8]
     q = truth.profile_config("quick", 28)
-    assert q["ns"] == [1, 2, 4, 7] and q["mmlu_ns"] == [7]
-    assert truth.profile_config("full", 28)["mmlu_ns"] == [4, 7]
+    assert q["ns"] == [1, 2, 4, 7] and q["mmlu_ns"] == [1]
+    assert truth.profile_config("full", 28)["mmlu_ns"] == [1, 7]
     assert truth.profile_config("smoke", N_LAYERS)["ns"] == [1]
     assert truth.profile_config("quick", 30, ns="[1, 3]", docs=8)["ns"] == [1, 3]
     for bad in (dict(ns=[29]), dict(docs=2), dict(fit_tokens=0), dict(nope=1)):
