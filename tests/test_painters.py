@@ -184,7 +184,7 @@ def test_layer_sensitivity_matches_an_independent_edit():
     ids, mask = tiny_batch()
     sens = painters.layer_sensitivity(model, ids, mask)
     assert len(sens) == (2 * N_LAYERS - 1) * (len(ids) + 1)  # every document, then over all tokens
-    with prune.dropped(model, [2]):  # a real edit, the model's own forward pass
+    with prune.dropped(model, [2]), torch.no_grad():  # a real edit, the model's own forward pass
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
     ce, real = ce.view(ids.shape[0], -1), mask[:, 1:].bool()
