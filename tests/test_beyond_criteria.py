@@ -106,9 +106,31 @@ def test_true_cost_equals_the_loss_of_a_really_dropped_model_and_is_reused(tmp_p
                                                      .tensor_hash(ch)}, "wikitext2")
     (tmp_path / truth.TRUTH / f"{key}.parquet").unlink()  # a run killed before n = 2 was stored
     truth.true_costs(model, "tiny", store, ch, [1, 2], batch_size=4)
-    assert len(calls) == 1                                 # only n = 2 ran again
+    assert len(calls) == 2                                 # only n = 2 ran again: its two batches of documents
     other = truth.true_costs(model, "tiny", store, chunks(seed=1), [1], batch_size=4)
-    assert len(calls) == 3 and not np.allclose(other["value"], frame[frame.n == 1]["value"])  # new data: new key
+    assert len(calls) == 5 and not np.allclose(other["value"], frame[frame.n == 1]["value"])  # new data: new key
+
+
+def test_a_truth_map_killed_between_batches_resumes_with_the_same_costs(tmp_path, monkeypatch):
+    model, ch = tiny_model("llama"), chunks(n=10)
+    whole = truth.true_costs(model, "tiny", results.ResultStore(tmp_path / "whole"), ch, [2], batch_size=4)
+    store, calls = results.ResultStore(tmp_path / "killed"), []
+
+    def dies_on_the_third_batch(*a, **k):  # base, then the map's first batch, then killed
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return lm_loss.chunk_losses(*a, **k)
+    monkeypatch.setattr(truth, "chunk_losses", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        truth.true_costs(model, "tiny", store, ch, [2], batch_size=4)
+    assert len(list((tmp_path / "killed" / results.JOURNALS).rglob("*.npy"))) == 1
+    calls.clear()
+    monkeypatch.setattr(truth, "chunk_losses", lambda *a, **k: calls.append(1) or lm_loss.chunk_losses(*a, **k))
+    resumed = truth.true_costs(model, "tiny", store, ch, [2], batch_size=4)
+    assert len(calls) == 2  # the two batches not yet done (base stored, the first batch from the journal)
+    assert resumed["value"].tolist() == whole["value"].tolist()  # exact
+    assert not list((tmp_path / "killed" / results.JOURNALS).rglob("*.npy"))  # removed once stored
 
 
 def test_stored_criteria_are_reused(tmp_path, monkeypatch):

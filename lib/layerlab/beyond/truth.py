@@ -120,7 +120,8 @@ def true_costs(model: nn.Module, model_name: str, store: results.ResultStore, ch
     """Per document and span: rows doc, n, layer, loss (the pruned model's normalised
     loss), base (the unmodified model's), value = loss - base (the true cost; loss / log V
     units), seconds (the n's compute time). chunks: [docs, T] token ids. The unmodified
-    losses are the point n = 0; each n is one point (computed, stored, then the next)."""
+    losses are the point n = 0; each n is one point (computed, stored, then the next),
+    resumable per batch of documents (``results.journaled``)."""
     from layerlab.prune.curve import tensor_hash
 
     big_l = arch.n_layers(model)
@@ -140,13 +141,18 @@ def true_costs(model: nn.Module, model_name: str, store: results.ResultStore, ch
         key = _key(model, model_name, TRUTH, n, desc, dataset)
         if not store.has(TRUTH, key):
             t0 = time.time()
-            spans = span_edits(big_l, n)
-            losses = chunk_losses(model, chunks, list(spans.values()), batch_size=batch_size)  # [spans, docs]
-            docs = np.arange(losses.shape[1])
-            store.put(TRUTH, key, pd.concat([pd.DataFrame({"doc": docs, "n": n, "layer": layer, "loss": losses[i],
-                                                           "base": base, "value": losses[i] - base})
-                                             for i, layer in enumerate(spans)], ignore_index=True)
-                      .assign(seconds=time.time() - t0, **common))
+            spans = list(span_edits(big_l, n).items())
+            with store.journal(TRUTH, [key]) as journal:
+                losses = np.concatenate([  # [spans, docs]
+                    results.journaled(journal, f"docs{i}-{i + batch_size}", lambda i=i: chunk_losses(
+                        model, chunks[i:i + batch_size], [e for _, e in spans], batch_size=batch_size))
+                    for i in range(0, len(chunks), batch_size)], axis=1)
+                docs = np.arange(losses.shape[1])
+                store.put(TRUTH, key, pd.concat([pd.DataFrame({"doc": docs, "n": n, "layer": layer,
+                                                               "loss": losses[i], "base": base,
+                                                               "value": losses[i] - base})
+                                                 for i, (layer, _) in enumerate(spans)], ignore_index=True)
+                          .assign(seconds=time.time() - t0, **common))
         frames.append(store.get(TRUTH, key))
     return pd.concat(frames, ignore_index=True)
 

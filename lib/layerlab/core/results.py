@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -191,6 +192,23 @@ class ResultStore:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*.parquet"))
+
+
+def journaled(journal: Path, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()``, kept as ``name``.npy in ``journal`` (a ``ResultStore.journal`` folder);
+    an array a killed run left there under ``name`` is read instead. ``name`` must say
+    everything the array depends on that the journal's keys do not (a batch's rows, its size)."""
+    path = journal / f"{name}.npy"
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # absent, or unreadable (the write is atomic, the disk may not be)
+        pass
+    value = np.asarray(compute())
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, value, allow_pickle=False)
+    os.replace(tmp, path)
+    return value
 
 
 def missing(store: ResultStore, technique: str, keys: Iterable[str]) -> list[str]:
