@@ -43,7 +43,7 @@ PROFILES = {
     # fewer long ones, and one batch of all 24 keeps the CPU's matmuls large (1.8x faster than 8)
     # MMLU at n = 1 (Hinostroza et al.'s own setting: single layers) and, in full, 25% (Lu et al.'s). Not
     # at 12.5%: Qwen2.5-Coder-1.5B's MMLU has collapsed to chance by then (52% -> ~30% at n = 3 in the
-    # deeper-layers chapter; 46% -> 22-33% for every 7-block span, 200 items), and where every span
+    # deeper-layers chapter; 46% -> 23.5-33.5% for every 7-block span, 200 items), and where every span
     # costs the same the truth cannot rank spans (its rank stability was 0.62).
     "quick": dict(docs=24, seq_len=48, fractions=[0.25], small_ns=[1, 2, 4], fit_tokens=47, n_boot=1000,
                   mmlu_small_ns=[1], mmlu_fractions=[], mmlu_limit=40, batch_size=24),
