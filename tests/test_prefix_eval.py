@@ -226,7 +226,7 @@ def test_a_killed_run_resumes_from_its_journal_with_the_same_answers(tmp_path):
     killed._compute_chunk = dies_on_the_third_chunk
     with pytest.raises(KeyboardInterrupt):
         killed._loglikelihood_tokens(requests, disable_tqdm=True)
-    assert len(list(tmp_path.glob("*.json"))) == 2 and not list(tmp_path.glob(".*.tmp"))
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and not list(tmp_path.glob(".*.tmp"))
 
     resumed = prefix_eval.PrefixSharedLM(**kw, journal=tmp_path)
     got = [resumed._loglikelihood_tokens(requests, disable_tqdm=True) for resumed.current in range(len(zoo))]

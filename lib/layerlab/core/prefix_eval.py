@@ -35,15 +35,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from . import arch, edits as edits_mod, evaluation, runner
+from . import arch, edits as edits_mod, evaluation, results, runner
 from .lm_eval_model import ScoredPositionsLM
 
 ITEM_METRICS = ("acc", "acc_norm", "exact_match")
@@ -90,13 +90,7 @@ class PrefixSharedLM(ScoredPositionsLM):
         self._keep = edits_mod.starts(self.edits) | {n_layers}
         try:
             for chunk in chunks(requests, self.chunk_tokens):
-                saved = self._journal_file(chunk)
-                per_edit = _read_answers(saved, len(chunk), len(self.edits))
-                if per_edit is None:
-                    per_edit = self._compute_chunk(chunk, n_layers)
-                    _write_answers(saved, per_edit)
-                else:
-                    self.model_calls["chunks_resumed"] += 1
+                per_edit = self._journaled_chunk(chunk, n_layers)
                 for j, r in enumerate(chunk):
                     self._answers[_request_key(r)] = [answers[j] for answers in per_edit]
         finally:
@@ -118,15 +112,27 @@ class PrefixSharedLM(ScoredPositionsLM):
         self._states.clear()
         return per_edit
 
-    def _journal_file(self, chunk: list) -> Path | None:
-        """Where this chunk's answers are kept: named by everything they depend on besides
-        the model and the edits themselves, which the journal folder's name stands for."""
+    def _journaled_chunk(self, chunk: list, n_layers: int) -> list[list[tuple[float, bool]]]:
+        """``_compute_chunk``, kept in the journal (if any) under a name that says everything the
+        answers depend on besides the model and the edits themselves, which the journal
+        folder's name stands for: the chunk's token ids, batch size, chunk size, edit count,
+        dtype and device. [edits, requests, 2] float64 (log-likelihood, greedy as 0/1) keeps
+        every answer exactly."""
         if self.journal is None:
-            return None
+            return self._compute_chunk(chunk, n_layers)
         param = next(self.model.parameters())
         what = [[list(k) for k in map(_request_key, chunk)], self.batch_size, self.chunk_tokens, len(self.edits),
                 str(param.dtype), param.device.type]
-        return self.journal / f"{hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]}.json"
+        computed = []
+
+        def compute() -> np.ndarray:
+            computed.append(True)
+            return np.array(self._compute_chunk(chunk, n_layers), dtype=np.float64)
+
+        answers = results.journaled(self.journal, hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32], compute)
+        if not computed:
+            self.model_calls["chunks_resumed"] += 1
+        return [[(float(ll), bool(greedy)) for ll, greedy in per] for per in answers]
 
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
                     labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -171,29 +177,6 @@ def scored_logits(model: nn.Module, h: torch.Tensor, spans: list[tuple[int, int]
     out = picked.new_zeros((h.shape[0], keep, picked.shape[-1]))
     out[rows, cols - (width - keep)] = picked
     return out
-
-
-def _read_answers(path: Path | None, n_requests: int, n_edits: int) -> list[list[tuple[float, bool]]] | None:
-    """A chunk's answers from its journal file; None when there is none or it does not fit."""
-    if path is None or not path.exists():
-        return None
-    try:
-        per_edit = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if len(per_edit) != n_edits or any(len(answers) != n_requests for answers in per_edit):
-        return None
-    return [[(float(ll), bool(greedy)) for ll, greedy in answers] for answers in per_edit]
-
-
-def _write_answers(path: Path | None, per_edit: list) -> None:
-    """Write a chunk's answers atomically (json keeps every float64 exactly)."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps([[[float(ll), bool(greedy)] for ll, greedy in answers] for answers in per_edit]))
-    os.replace(tmp, path)
 
 
 def _request_key(request) -> tuple:
