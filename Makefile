@@ -45,7 +45,7 @@ test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not smoke" tests
 
 data: setup
-	$(PY) -m layerlab.core.data_fetch fetch
+	$(PY) -m layerlab.core.io.data_fetch fetch
 
 book: setup
 	$(PY) -m layerlab.book --profile $(PROFILE) $(if $(DTYPE),--dtype $(DTYPE))

@@ -43,7 +43,7 @@ def laser_setup(n_items: int, model_name: str = "smollm2-135m"):
 
 
 def grid_of(model, n_rhos: int = 5):
-    from layerlab.core import arch
+    from layerlab.core.model import arch
     from layerlab.laser import sweep as laser
     rhos = [0.01, 0.05, 0.1, 0.25, 0.5][:n_rhos]
     return laser.grid(["mlp_in", "mlp_out"], range(arch.n_layers(model)), rhos)
@@ -53,7 +53,7 @@ def row_laser_layerlab(args) -> dict:
     """The whole sweep through layerlab (SVD cache, prefix cache, batching, results store)."""
     import tempfile
     from layerlab.laser import sweep as laser
-    from layerlab.core import results
+    from layerlab.core.io import results
     model, tok, task = laser_setup(args.items, args.model)
     grid = grid_of(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +75,8 @@ def row_laser_bound(args) -> dict:
     the number of configurations starting there."""
     import collections
     import torch
-    from layerlab.core import runner, scoring
+    from layerlab.core.model import runner
+    from layerlab.core.eval import scoring
     model, tok, task = laser_setup(args.items, args.model)
     grid = grid_of(model)
     per_layer = collections.Counter(g.layer for g in grid)
@@ -102,7 +103,8 @@ def _naive(args, batched: bool) -> dict:
     import numpy as np
     import torch
     import layerlab
-    from layerlab.core import arch, scoring
+    from layerlab.core.model import arch
+    from layerlab.core.eval import scoring
     from layerlab.laser import rank
     model, tok, task = laser_setup(args.items, args.model)
     grid = grid_of(model)
@@ -135,7 +137,7 @@ def row_laser_naive_batched(args) -> dict:
 
 def _doc_batches(tok, n_docs: int = 64) -> list[tuple]:
     """The first n_docs C4 documents, 128 tokens, in (input_ids, attention_mask) batches of 16."""
-    from layerlab.core import data
+    from layerlab.core.io import data
     from layerlab.prune import blocks as prune
     return prune.text_batches(tok, [r["text"] for r in data.load("c4")][:n_docs], max_length=128)
 
@@ -159,7 +161,7 @@ def row_distances_per_n(args) -> dict:
     to get x_l and x_{l+n} for every l."""
     import math
     import torch
-    from layerlab.core import arch
+    from layerlab.core.model import arch
     model, batches = _distance_inputs(args)
     n_layers = arch.n_layers(model)
     start = time.perf_counter()
@@ -177,7 +179,9 @@ def row_distances_per_n(args) -> dict:
 
 def _painters_inputs(args):
     import layerlab
-    from layerlab.core import arch, data, scoring
+    from layerlab.core.model import arch
+    from layerlab.core.io import data
+    from layerlab.core.eval import scoring
     from layerlab.painters import grid as painters
     model, tok = layerlab.load(args.model)
     rows = data.load("arc_easy")[: args.painters_items]
@@ -191,7 +195,8 @@ def _painters_inputs(args):
 
 
 def row_painters_shared(args) -> dict:
-    from layerlab.core import schedule, scoring
+    from layerlab.core.model import schedule
+    from layerlab.core.eval import scoring
     model, batches, n_rows, specs, n_layers = _painters_inputs(args)
     start = time.perf_counter()
     scorer = scoring.PrefixScorer(model, batches, n_rows)  # one capture, prefixes reused
@@ -202,7 +207,8 @@ def row_painters_shared(args) -> dict:
 
 
 def row_painters_recomputed(args) -> dict:
-    from layerlab.core import schedule, scoring
+    from layerlab.core.model import schedule
+    from layerlab.core.eval import scoring
     model, batches, n_rows, specs, n_layers = _painters_inputs(args)
     start = time.perf_counter()
     for s in specs:
@@ -215,7 +221,7 @@ def row_svd(args) -> dict:
     """SVD time of the model's MLP matrices: one per matrix (reused for every rho) vs one per rho."""
     import torch
     import layerlab
-    from layerlab.core import arch
+    from layerlab.core.model import arch
     from layerlab.laser import rank
     model, _ = layerlab.load(args.model)
     keys = [(t, l) for l in range(arch.n_layers(model)) for t in ("mlp_in", "mlp_out")]
@@ -242,7 +248,7 @@ def row_gpu(args) -> dict:
         return {"skipped": "no CUDA GPU"}
     import transformers as tf
     from layerlab.laser import rank
-    from layerlab.core import runner
+    from layerlab.core.model import runner
     cfg = tf.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.gpu_layers,
                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
     with torch.device("cuda"):
@@ -272,14 +278,16 @@ def row_gpu(args) -> dict:
 def row_ray(args) -> dict:
     """Ray overhead on CPU: one LASER sweep (the base model and the deepest ``--ray-layers``
     layers x {mlp_in, mlp_out} x 5 rhos on ``--items`` CounterFact items) through
-    ``distributed.run_laser_points``, locally and as Ray tasks with 1 and 2 workers, each
+    ``laser_distributed.run_laser_points``, locally and as Ray tasks with 1 and 2 workers, each
     into a fresh results dir. Every run loads the model and builds the task itself (a Ray
     task in a fresh worker process); starting the local Ray instance is timed apart (once
     per session). Peak RSS is this driver's only."""
     import tempfile
     import ray
     from transformers import AutoConfig
-    from layerlab.core import distributed, models
+    from layerlab.core.model import models
+    from layerlab.core.compute import distributed
+    from layerlab.laser import distributed as laser_distributed
     from layerlab.laser import sweep as laser
     n_layers = AutoConfig.from_pretrained(models.resolve(args.model)).num_hidden_layers  # converts once, untimed
     layers = range(n_layers - (args.ray_layers or n_layers), n_layers)
@@ -288,14 +296,14 @@ def row_ray(args) -> dict:
     out = {"configs": len(points) - 1, "workers_cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        distributed.run_laser_points(args.model, "counterfact", points, results_dir=f"{tmp}/local", **kw)
+        laser_distributed.run_laser_points(args.model, "counterfact", points, results_dir=f"{tmp}/local", **kw)
         out["seconds"] = out["local_s"] = time.perf_counter() - start
         start = time.perf_counter()
         distributed.validate_executor("ray", None)  # a local instance with every CPU
         out["ray_start_s"] = time.perf_counter() - start
         for workers in (1, 2):
             start = time.perf_counter()
-            r = distributed.run_laser_points(args.model, "counterfact", points, results_dir=f"{tmp}/ray{workers}",
+            r = laser_distributed.run_laser_points(args.model, "counterfact", points, results_dir=f"{tmp}/ray{workers}",
                                              executor="ray", workers=workers, **kw)
             out[f"ray_{workers}_s"] = time.perf_counter() - start
             assert r["computed"] == len(points) and r["tasks"] == workers
@@ -313,7 +321,8 @@ def row_scaling(args) -> dict:
     import tempfile
     import numpy as np
     import layerlab
-    from layerlab.core import arch, results
+    from layerlab.core.model import arch
+    from layerlab.core.io import results
     from layerlab.laser import sweep as laser, rank
     from layerlab.prune import blocks as prune
     out = []
@@ -364,8 +373,8 @@ def row_lm_eval_head(args) -> dict:
     from lm_eval.tasks import TaskManager
 
     import layerlab
-    from layerlab.core import evaluation
-    from layerlab.core.lm_eval_model import ScoredPositionsLM
+    from layerlab.core.eval import evaluation
+    from layerlab.core.eval.lm_eval_model import ScoredPositionsLM
     model, tok = layerlab.load(args.head_model, dtype="bfloat16")
     manager = TaskManager(include_path=str(evaluation.prepare_tasks()), include_defaults=False)
 
@@ -387,7 +396,7 @@ def row_lm_eval_head(args) -> dict:
 
 def _count_block_tokens(model) -> tuple[list, list]:
     """Forward pre-hooks on every block adding up batch x length of each call: (handles, [total])."""
-    from layerlab.core import arch
+    from layerlab.core.model import arch
     total = [0]
 
     def hook(module, args, kwargs):
@@ -404,7 +413,9 @@ def row_prune_curve_passes(args) -> dict:
     plain pass's (L x tokens), and its seconds over the plain pass's."""
     import numpy as np
     import layerlab
-    from layerlab.core import arch, data, edits, evaluation, prefix_eval, schedule
+    from layerlab.core.model import arch, edits, schedule
+    from layerlab.core.io import data
+    from layerlab.core.eval import evaluation, prefix_eval
     from layerlab.prune import blocks as prune, curve as prune_curve
     model, tok = layerlab.load(args.curve_model, dtype=args.curve_dtype)
     L = arch.n_layers(model)
@@ -461,13 +472,14 @@ def row_laser_memory_one(args) -> dict:
     the weights' size; peak RSS is added by the caller's process."""
     import tempfile
     import layerlab
-    from layerlab.core import arch, results
+    from layerlab.core.model import arch
+    from layerlab.core.io import results
     from layerlab.laser import sweep as laser
     if args.memory_model.startswith("shape:"):  # a randomly initialised Llama of gpu_check's shapes (e.g. shape:7b)
         import torch
         sys.path.insert(0, str(HERE.parent / "scripts"))
         import gpu_check
-        from layerlab.core import models
+        from layerlab.core.model import models
         tok = gpu_check.train_tokenizer(1024)
         model = gpu_check.build_model(args.memory_model.removeprefix("shape:"), models.resolve_dtype("auto"),
                                       torch.device("cpu"), tok)
@@ -522,11 +534,12 @@ def row_continuation_split(args) -> dict:
     old way) and lm-eval's split of the joint encoding (``scoring.split_pairs``, the new
     way). None differing means the LASER numbers cannot have changed."""
     from transformers import AutoTokenizer
-    from layerlab.core import models, scoring
+    from layerlab.core.model import embedded
+    from layerlab.core.eval import scoring
     from layerlab.laser import sweep as laser
     out = []
     for name in args.split_models.split(","):
-        tok = AutoTokenizer.from_pretrained(models.cache_dir() / name)
+        tok = AutoTokenizer.from_pretrained(embedded.cache_dir() / name)
         for ds in laser.DATASETS:
             limit = 100 if ds == "counterfact" else (40 if ds == "epistemic_reasoning" else 80)
             task = laser.build_task(ds, limit=limit, seed=0)
@@ -567,7 +580,7 @@ def table(res: dict, args) -> str:
     def s(name):
         return res.get(name, {}).get("seconds", float("nan"))
 
-    from layerlab.core.machine import machine_info
+    from layerlab.core.compute.machine import machine_info
     info = machine_info()
     lines = [f"Benchmarks for `{args.model}` on {info['cpu']} ({info['cpu_cores']} cores; {info['cpu_flags']}; native "
              f"bf16: {'yes' if info['native_bf16'] else 'no'}; dtype auto = {info['auto_dtype']}; torch kernels "

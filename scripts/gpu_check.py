@@ -193,7 +193,9 @@ def step_laser(report: Report, model, tok, tol: float, workdir: Path, n_items: i
     import numpy as np
     import torch
 
-    from layerlab.core import arch, results, scoring
+    from layerlab.core.model import arch
+    from layerlab.core.io import results
+    from layerlab.core.eval import scoring
     from layerlab.laser import sweep as laser, rank
 
     with report.step("laser: capture, SVD, prefix vs edited forward, restore") as row:
@@ -245,7 +247,8 @@ def step_prune(report: Report, model, tok, tol: float, distance_tol: float) -> N
     import numpy as np
     import torch
 
-    from layerlab.core import arch, lm_loss, reference
+    from layerlab.core.model import arch, reference
+    from layerlab.core.eval import lm_loss
     from layerlab.prune import blocks as prune
 
     texts = sentences(8, 2, words=20)
@@ -276,7 +279,7 @@ def step_prune(report: Report, model, tok, tol: float, distance_tol: float) -> N
 def step_painters(report: Report, model, tok, tol: float) -> None:
     import torch
 
-    from layerlab.core import arch, reference, runner, schedule
+    from layerlab.core.model import arch, reference, runner, schedule
 
     with report.step("painters: runner vs scheduled model vs reference, KV-cache generation") as row:
         n = arch.n_layers(model)
@@ -311,8 +314,8 @@ def step_lm_eval(report: Report, model, tok, tol: float) -> None:
     import torch
     from lm_eval.api.instance import Instance
 
-    from layerlab.core import scoring
-    from layerlab.core.lm_eval_model import ScoredPositionsLM
+    from layerlab.core.eval import scoring
+    from layerlab.core.eval.lm_eval_model import ScoredPositionsLM
 
     with report.step("lm-eval: ScoredPositionsLM vs scoring.score_full") as row:
         rng = random.Random(5)
@@ -330,7 +333,7 @@ def step_lm_eval(report: Report, model, tok, tol: float) -> None:
 def step_heal(report: Report, model, tok) -> None:
     import torch
 
-    from layerlab.core import arch
+    from layerlab.core.model import arch
     from layerlab.prune import healing, blocks as prune
 
     with report.step("healing: two LoRA steps and the float32 merge (on a pruned copy)") as row:
@@ -371,7 +374,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from layerlab.core import models
+    from layerlab.core.model import models
 
     if args.mode == "gpu" and not torch.cuda.is_available():
         print("gpu-check: --mode gpu needs a CUDA GPU and a CUDA build of torch; none here "

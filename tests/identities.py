@@ -18,10 +18,12 @@ import hashlib
 import numpy as np
 import torch
 
-from layerlab.core import arch, results, runner, schedule, scoring
+from layerlab.core.model import arch, runner, schedule
+from layerlab.core.io import results
+from layerlab.core.eval import scoring
 from layerlab.laser import sweep as laser, rank
 from layerlab.prune import blocks as prune
-from layerlab.core.schedule import Parallel
+from layerlab.core.model.schedule import Parallel
 from tiny import N_LAYERS, CharTokenizer, facts_file, tiny_batch, tiny_model
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 0.05, torch.float16: 0.01}

@@ -12,7 +12,8 @@ import time
 
 import torch
 
-from layerlab.core import results, runner
+from layerlab.core.io import results
+from layerlab.core.model import runner
 from tiny import N_LAYERS, tiny_batch, tiny_model
 
 store = results.ResultStore(sys.argv[1])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from layerlab.core import arch, runner
+from layerlab.core.model import arch, runner
 from tiny import ARCH_NAMES, DECODERS, N_LAYERS, tiny_batch, tiny_model
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from layerlab.core import models
+from layerlab.core.model import models
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 
 from layerlab.beyond import claims as beyond_claims
 from layerlab.book import compare
-from layerlab.core import results
+from layerlab.core.io import results
 
 
 def _rows(verdict: str, n: int = 1) -> pd.DataFrame:

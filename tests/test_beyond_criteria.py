@@ -13,7 +13,10 @@ import torch
 from scipy import stats as sps
 
 from layerlab.beyond import agreement, criteria, truth
-from layerlab.core import arch, lm_loss, papers, results, schedule, stats, verdicts
+from layerlab.core.model import arch, schedule
+from layerlab.core.eval import lm_loss
+from layerlab.core.evidence import papers, stats, verdicts
+from layerlab.core.io import results
 from tiny import N_LAYERS, tiny_batch, tiny_model
 
 

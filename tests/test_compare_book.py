@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from layerlab.book import build as book, compare
-from layerlab.core import results, verdicts
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts
 
 
 def _store_with_results(tmp_path):

@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from layerlab.core import scoring
+from layerlab.core.eval import scoring
 
 spm = pytest.importorskip("sentencepiece")
 

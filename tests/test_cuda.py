@@ -127,7 +127,7 @@ def test_kv_cache_on_tiny_models(name, dtype):
 @pytest.mark.parametrize("dtype", _gpu_dtypes())
 @pytest.mark.parametrize("name", list(WIDE))
 def test_runner_reproduces_sdpa_models_at_width_1024(name, dtype):
-    from layerlab.core import runner
+    from layerlab.core.model import runner
 
     model = wide_model(name, dtype)
     assert model.config._attn_implementation == "sdpa"
@@ -148,8 +148,8 @@ def test_runner_reproduces_sdpa_models_at_width_1024(name, dtype):
 def test_parallel_groups_give_one_answer_at_width_1024(name, dtype):
     """Runner and scheduled model share schedule.accumulate: the same numbers, and the KV
     cache decodes the same tokens as no cache."""
-    from layerlab.core import runner, schedule
-    from layerlab.core.schedule import Parallel
+    from layerlab.core.model import runner, schedule
+    from layerlab.core.model.schedule import Parallel
 
     model = wide_model(name, dtype)
     ids, mask = wide_batch()
@@ -169,7 +169,9 @@ def test_parallel_groups_give_one_answer_at_width_1024(name, dtype):
 
 @pytest.mark.parametrize("dtype", _gpu_dtypes())
 def test_prefix_cached_laser_matches_the_edited_model_at_width_1024(tmp_path, dtype):
-    from layerlab.core import arch, results, scoring
+    from layerlab.core.model import arch
+    from layerlab.core.io import results
+    from layerlab.core.eval import scoring
     from layerlab.laser import sweep as laser, rank
 
     model = wide_model("llama", dtype)
@@ -192,7 +194,7 @@ def test_prefix_cached_laser_matches_the_edited_model_at_width_1024(tmp_path, dt
 
 
 def test_svd_runs_on_the_device_in_float32_and_keeps_originals_on_the_cpu():
-    from layerlab.core import arch
+    from layerlab.core.model import arch
     from layerlab.laser import rank
 
     model = wide_model("llama", torch.bfloat16)
@@ -231,7 +233,7 @@ def model_folder(tmp_path_factory):
 
 def test_load_puts_the_model_on_the_gpu_in_the_dtype_auto_picks(model_folder):
     import layerlab
-    from layerlab.core import models
+    from layerlab.core.model import models
 
     model, tok = layerlab.load(model_folder, device=str(DEVICE))
     p = next(model.parameters())
@@ -247,8 +249,8 @@ def test_scored_positions_lm_agrees_with_the_library_scores_on_the_gpu(model_fol
     from lm_eval.api.instance import Instance
 
     import layerlab
-    from layerlab.core import scoring
-    from layerlab.core.lm_eval_model import ScoredPositionsLM
+    from layerlab.core.eval import scoring
+    from layerlab.core.eval.lm_eval_model import ScoredPositionsLM
 
     model, tok = layerlab.load(model_folder, device=str(DEVICE))
     pairs = [("the capital of france is", " paris"), ("rome is in", " italy"), ("berlin lies on a", " river"),
@@ -283,7 +285,7 @@ def test_last_token_states_on_the_gpu_match_the_cpu(model_folder):
 
 def test_painters_similarity_stays_off_the_device_in_float64():
     from layerlab.painters import grid as painters
-    from layerlab.core import runner
+    from layerlab.core.model import runner
 
     model = wide_model("llama", torch.bfloat16)
     ids, mask = wide_batch(batch=4, seq=128)
@@ -305,7 +307,7 @@ def test_painters_similarity_stays_off_the_device_in_float64():
 
 
 def test_pruned_copy_on_the_gpu_costs_the_kept_blocks_only():
-    from layerlab.core import arch, runner
+    from layerlab.core.model import arch, runner
     from layerlab.prune import blocks as prune
 
     model = wide_model("llama", torch.bfloat16)
@@ -329,7 +331,7 @@ def test_pruned_copy_on_the_gpu_costs_the_kept_blocks_only():
 def test_healing_on_the_gpu_merges_in_float32():
     from peft import LoraConfig, get_peft_model
 
-    from layerlab.core import arch
+    from layerlab.core.model import arch
     from layerlab.prune import healing, blocks as prune
 
     model = wide_model("llama", torch.bfloat16)
@@ -357,8 +359,8 @@ def test_healing_on_the_gpu_merges_in_float32():
 
 @pytest.mark.parametrize("dtype", _gpu_dtypes())
 def test_sokoban_agent_trains_and_plays_on_the_device(tmp_path, dtype):
-    from layerlab.laser import decision_agent as da
-    from layerlab.core import results
+    from layerlab.laser.sokoban import agent as da
+    from layerlab.core.io import results
 
     env = da.EnvConfig(size=7, n_boxes=1, tries=2, reverse_steps=30, step_limit=12)
     agent = da.AgentConfig(width=64, depth=2, heads=2, context=3, n_train=30, steps=30, batch=16,

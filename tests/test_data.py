@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from layerlab.core import data, data_fetch
+from layerlab.core.io import data, data_fetch
 
 # Row counts stated in ../shared/data/SOURCES.md (independent of the loaders).
 COUNTS = {

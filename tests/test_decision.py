@@ -5,9 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from layerlab.core import arch, results, verdicts
-from layerlab.laser import decision, rank, sokoban
-from layerlab.laser import decision_agent as da
+from layerlab.core.model import arch
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts
+from layerlab.laser.sokoban import chapter as decision, claims as decision_claims, env as sokoban
+from layerlab.laser import rank
+from layerlab.laser.sokoban import agent as da
 
 ENV = da.EnvConfig(size=7, n_boxes=1, tries=2, reverse_steps=30, step_limit=12)
 AGENT = da.AgentConfig(width=16, depth=2, heads=2, context=3, n_train=30, steps=20, batch=16, checkpoint_every=10,
@@ -203,7 +206,7 @@ def test_sweep_protocol_and_claim_rows(tmp_path, monkeypatch):
     # every point is stored: a second pass computes nothing
     monkeypatch.setattr(da, "rollout", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     decision.sweep(run, ["mlp_in"], [1], [0.1], n_val=12, progress=False)
-    rows = decision.claim_rows(store)
+    rows = decision_claims.claim_rows(store)
     assert len(rows) == 2  # the solved-rate claim and the return-moves-with-solved claim
     assert list(rows[0]) == ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict", "counted"]
     assert all(verdicts.word(r["verdict"]) in verdicts.VERDICTS for r in rows)

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from layerlab.book import compare
-from layerlab.laser import decision, decision_claims
-from layerlab.core import results, verdicts
+from layerlab.laser.sokoban import chapter as decision, claims as decision_claims
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts
 
 
 def put_seed(store, seed, base_solved, laser_solved, base_return=None, laser_return=None, best="mlp_in@1:0.1",
@@ -37,14 +38,14 @@ def by_claim(rows, claim):
 def test_each_seed_gets_a_score_interval(tmp_path, laser, verdict):
     store = results.ResultStore(tmp_path)
     put_seed(store, 0, 40, laser)
-    (row,) = by_claim(decision.claim_rows(store), decision_claims.CLAIM)
+    (row,) = by_claim(decision_claims.claim_rows(store), decision_claims.CLAIM)
     assert row["verdict"] == verdict and "score interval" in row["interval"] and row["counted"]
 
 
 def test_validation_choosing_nothing_is_not_testable(tmp_path):
     store = results.ResultStore(tmp_path)
     put_seed(store, 0, 40, 40, best="")
-    (row,) = by_claim(decision.claim_rows(store), decision_claims.CLAIM)
+    (row,) = by_claim(decision_claims.claim_rows(store), decision_claims.CLAIM)
     assert row["verdict"] == f"{verdicts.NOT_TESTABLE}: no reduction beats the unmodified agent on validation"
 
 
@@ -53,7 +54,7 @@ def test_pooled_seeds_are_one_claim(tmp_path):
     for seed in range(3):
         put_seed(store, seed, 40, 60)
     put_seed(store, 0, 40, 20, config="other")  # another agent config: its own claim
-    rows = decision.claim_rows(store, n_boot=500)
+    rows = decision_claims.claim_rows(store, n_boot=500)
     claims = by_claim(rows, decision_claims.CLAIM)
     pooled = [r for r in claims if "pooled" in r["model"]]
     assert len(claims) == 5 and len(pooled) == 1 and pooled[0]["verdict"] == verdicts.AGREES
@@ -82,9 +83,9 @@ def test_return_moves_with_the_solved_rate(tmp_path, laser_ret, verdict):
     base_ret = rng.normal(0, 1, 80)
     shift = rng.normal(0, 0.01, 80) if laser_ret is None else laser_ret + rng.normal(0, 0.1, 80)
     put_seed(store, 0, 40, 60, base_return=base_ret, laser_return=base_ret + shift)
-    (row,) = by_claim(decision.claim_rows(store), decision_claims.RETURN_CLAIM)
+    (row,) = by_claim(decision_claims.claim_rows(store), decision_claims.RETURN_CLAIM)
     assert row["verdict"] == verdict
     store2 = results.ResultStore(tmp_path / "flat")
     put_seed(store2, 0, 40, 41)
-    (row,) = by_claim(decision.claim_rows(store2), decision_claims.RETURN_CLAIM)
+    (row,) = by_claim(decision_claims.claim_rows(store2), decision_claims.RETURN_CLAIM)
     assert row["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: the solved rate does not move")

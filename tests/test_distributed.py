@@ -19,7 +19,11 @@ import transformers as tf
 
 import layerlab
 from tiny import train_bpe
-from layerlab.core import data, distributed, models, results
+from layerlab.core.io import data, results
+from layerlab.laser import distributed as laser_distributed
+from layerlab.painters import distributed as painters_distributed
+from layerlab.core.compute import distributed
+from layerlab.core.model import models
 from layerlab.laser import sweep as laser, rank
 from layerlab.painters import grid as painters
 
@@ -92,8 +96,8 @@ def test_sharded_laser_sweep_on_ray_matches_local(model_dir, raylet_pid, tmp_pat
     points.append([rank.Reduction("mlp_in", 3, 0.05), rank.Reduction("q", 1, 0.5)])  # a composed point
     kw = dict(LASER_KW, limit=30)
     with _threads(1):  # as each of the 2 workers on 2 CPUs: float sums in the same order, so bit-identical
-        local = distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path / "local", **kw)
-    on_ray = distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path / "ray",
+        local = laser_distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path / "local", **kw)
+    on_ray = laser_distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path / "ray",
                                           executor="ray", workers=2, **kw)
     cpu32 = models.runtime_of(torch.float32, "cpu", models.fingerprint(model_dir))
     assert local == {"points": 26, "computed": 26, "tasks": 0, "runtime": cpu32, "gpu": None}
@@ -107,7 +111,7 @@ def test_sharded_laser_sweep_on_ray_matches_local(model_dir, raylet_pid, tmp_pat
     sweeper = _sweeper(model_dir, tmp_path / "ray", limit=30)
     frame = laser.sweep(sweeper, ["mlp_in", "mlp_out", "q"], [0, 1, 2, 3], [0.05, 0.5], progress=False)
     assert sweeper._scorer is None and len(frame) == 25 * 6  # read from the store: the model never ran
-    again = distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path / "ray",
+    again = laser_distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path / "ray",
                                          executor="ray", **kw)
     assert again["computed"] == 0 and again["tasks"] == 0  # resumed: nothing to run, no task started
 
@@ -119,8 +123,8 @@ def test_painters_grid_on_ray_matches_local(model_dir, raylet_pid, tmp_path):
     kw = dict(n_layers=4, seed=0, device="cpu", dtype="float32", batch_size=8, progress=False)
     limits = {"arc_easy": 4, "winogrande": 4}
     with _threads(1):
-        local = distributed.run_painters_specs(model_dir, specs, tasks, limits, results_dir=tmp_path / "local", **kw)
-    on_ray = distributed.run_painters_specs(model_dir, specs, tasks, limits, results_dir=tmp_path / "ray",
+        local = painters_distributed.run_painters_specs(model_dir, specs, tasks, limits, results_dir=tmp_path / "local", **kw)
+    on_ray = painters_distributed.run_painters_specs(model_dir, specs, tasks, limits, results_dir=tmp_path / "ray",
                                             executor="ray", workers=2, **kw)
     assert (local["computed"], local["tasks"], on_ray["computed"], on_ray["tasks"]) == (4, 0, 4, 2)
     a, b = _table(tmp_path / "local", "painters"), _table(tmp_path / "ray", "painters")
@@ -153,7 +157,7 @@ def test_a_worker_killed_mid_task_is_retried_and_every_point_is_stored_once(mode
 
     def watch_and_kill():  # every worker seen running the task; SIGKILL the first once a point is stored
         while not finished.is_set():
-            pids = _worker_pids(raylet_pid, distributed.LASER_TASK)
+            pids = _worker_pids(raylet_pid, laser_distributed.TASK)
             seen["pids"].update(pids)
             if pids and "killed" not in seen and folder.exists() and any(folder.glob("*.parquet")):
                 os.kill(pids[0], signal.SIGKILL)
@@ -163,7 +167,7 @@ def test_a_worker_killed_mid_task_is_retried_and_every_point_is_stored_once(mode
     watcher = threading.Thread(target=watch_and_kill)
     watcher.start()
     try:
-        out = distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path, limit=60,
+        out = laser_distributed.run_laser_points(model_dir, "counterfact", points, results_dir=tmp_path, limit=60,
                                            executor="ray", workers=2, **LASER_KW)
     finally:
         finished.set()
@@ -180,14 +184,14 @@ def test_a_worker_killed_mid_task_is_retried_and_every_point_is_stored_once(mode
 
 def test_bad_ray_address_is_a_clear_error_before_any_model_load(tmp_path, monkeypatch):
     loads = []
-    monkeypatch.setattr(distributed, "_load", lambda *a: loads.append(a))
-    monkeypatch.setattr(layerlab.core.models, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(distributed, "load", lambda *a: loads.append(a))
+    monkeypatch.setattr(layerlab.core.model.models, "load", lambda *a, **k: loads.append(a))
     with socket.socket() as s:  # a port on which nothing listens
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.time()
     with pytest.raises(ConnectionError, match=f"ray_address: nothing answers at '127.0.0.1:{port}'.*ray start --head"):
-        distributed.run_laser_points("smollm2-135m", "counterfact", [[]], results_dir=tmp_path / "r", executor="ray",
+        laser_distributed.run_laser_points("smollm2-135m", "counterfact", [[]], results_dir=tmp_path / "r", executor="ray",
                                      ray_address=f"127.0.0.1:{port}", **LASER_KW)
     assert time.time() - start < 10 and not loads and not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="ray_address: 'headnode' is not None, 'auto' or 'host:port'"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import layerlab
-from layerlab.core import models
+from layerlab.core.model import models
 from identities import (TOL, kv_cache_identity, prefix_laser_vs_edited_forward, restores_bit_for_bit,
                         runner_vs_forward, schedule_identities)
 from tiny import ARCH_NAMES
@@ -61,7 +61,7 @@ def test_device_and_dtype_parameters():
 
 
 def test_runtime_is_part_of_every_key():
-    from layerlab.core import results
+    from layerlab.core.io import results
     from tiny import tiny_model
     fp32, bf16 = models.runtime(tiny_model("llama")), models.runtime(tiny_model("llama", dtype=BF16))
     assert {k: fp32[k] for k in ("dtype", "device")} == {"dtype": "float32", "device": "cpu"}

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from layerlab.book import build as book, estimate
-from layerlab.core import machine, results
+from layerlab.core.compute import machine
+from layerlab.core.io import results
 
 
 def test_the_quick_plan_forces_no_dtype_and_dtype_overrides_only_language_models():

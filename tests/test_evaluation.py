@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from layerlab.core import evaluation as ev
+from layerlab.core.eval import evaluation as ev
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (50, 100), (99, 100), (7, 7)])
@@ -70,7 +70,7 @@ def test_every_lm_eval_task_runs_on_smollm2(capsys):
 def _data_copy(tmp_path, real: tuple[str, ...]):
     """A data dir in tmp_path: links to the real one's folders, real copies of ``real``."""
     import shutil
-    from layerlab.core import data
+    from layerlab.core.io import data
 
     src, dest = data.data_dir(), tmp_path / "data"
     dest.mkdir()

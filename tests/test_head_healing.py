@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from layerlab.beyond import head_healing
-from layerlab.core import arch
+from layerlab.core.model import arch
 from layerlab.prune import blocks as prune, curve as prune_curve, healing
 from tiny import tiny_model
 
@@ -177,7 +177,8 @@ def test_claims_reach_every_verdict():
 
 
 def test_run_stores_both_healers_and_recomputes_nothing(tmp_path, monkeypatch):
-    from layerlab.core import lm_loss, results
+    from layerlab.core.eval import lm_loss
+    from layerlab.core.io import results
     from tiny import tiny_batch
 
     model, store = tiny_model("llama"), results.ResultStore(tmp_path)
@@ -235,7 +236,7 @@ def test_every_decoder_trains_only_its_head_norm_and_last_block(name):
 
 
 def test_claim_rows_read_the_store_alone(tmp_path):
-    from layerlab.core import results
+    from layerlab.core.io import results
     from tiny import tiny_batch
 
     model, store = tiny_model("llama"), results.ResultStore(tmp_path)

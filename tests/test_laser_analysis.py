@@ -5,7 +5,8 @@ import pandas as pd
 import torch
 
 from layerlab.laser import sweep as laser, analysis as laser_analysis, rank
-from layerlab.core import results, scoring
+from layerlab.core.io import results
+from layerlab.core.eval import scoring
 from tiny import CharTokenizer, facts_file, tiny_model
 
 
@@ -59,8 +60,8 @@ def _frame(full_generic, removed_generic, cos_full, cos_removed, group="correcte
 
 
 def test_fig5_follows_the_paper_full_matrix_generic_removed_closer():
-    from layerlab.core import papers
-    from layerlab.core import verdicts
+    from layerlab.core.evidence import papers
+    from layerlab.core.evidence import verdicts
     assert "FULL matrix" in papers.LASER_FIG5 and "closer to" in papers.LASER_FIG5
     rng = np.random.default_rng(0)
     n = 60

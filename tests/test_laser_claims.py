@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from layerlab.laser import sweep as laser, claims as laser_claims
-from layerlab.core import results, verdicts
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts
 
 N_VAL, N_TEST = 20, 80
 PROTO = "val20-test80-seed0-n100-limit100"

@@ -16,7 +16,7 @@ def test_same_scores_as_hflm_on_smollm2(dtype):
     from lm_eval.models.huggingface import HFLM
 
     import layerlab
-    from layerlab.core.lm_eval_model import ScoredPositionsLM
+    from layerlab.core.eval.lm_eval_model import ScoredPositionsLM
 
     model, tok = layerlab.load("smollm2-135m", dtype=dtype)
     rng = np.random.default_rng(0)

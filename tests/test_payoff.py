@@ -4,7 +4,7 @@ model the key's runtime describes), from a copy built on the CPU."""
 import pytest
 import torch
 
-from layerlab.core import arch
+from layerlab.core.model import arch
 from layerlab.prune import payoff, blocks as prune
 from tiny import tiny_model
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from layerlab.core import arch, edits, lm_loss, prefix_eval, runner, schedule
+from layerlab.core.model import arch, edits, runner, schedule
+from layerlab.core.eval import lm_loss, prefix_eval
 from layerlab.prune import blocks as prune
 from layerlab.laser import rank
 from tiny import N_LAYERS, VOCAB, tiny_batch, tiny_model
@@ -175,7 +176,7 @@ def test_lm_eval_edits_equal_lm_eval_on_each_edited_smollm2(dtype):
     """Real lm-eval tasks (a multiple-choice and a cloze one) on smollm2-135m: every edit's
     per-sample log-likelihoods equal plain lm-eval on the edited model."""
     import layerlab
-    from layerlab.core import evaluation
+    from layerlab.core.eval import evaluation
 
     model, tok = layerlab.load("smollm2-135m", dtype=dtype)
     L = arch.n_layers(model)
@@ -240,7 +241,7 @@ def test_a_killed_run_resumes_from_its_journal_with_the_same_answers(tmp_path):
 
 
 def test_a_store_journal_is_kept_when_interrupted_and_removed_when_done(tmp_path):
-    from layerlab.core import results
+    from layerlab.core.io import results
 
     store = results.ResultStore(tmp_path)
     with pytest.raises(KeyboardInterrupt):

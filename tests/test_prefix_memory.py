@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from layerlab.core import arch, prefix_stream, results, runner, scoring
+from layerlab.core.model import arch, runner
+from layerlab.core.eval import prefix_stream, scoring
+from layerlab.core.io import results
 from layerlab.laser import sweep as laser, rank
 from tiny import N_LAYERS, CharTokenizer, facts_file, tiny_model
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerlab.core import arch, runner
+from layerlab.core.model import arch, runner
 from layerlab.prune import blocks as prune
 from tiny import DECODERS, N_LAYERS, tiny_batch, tiny_model
 

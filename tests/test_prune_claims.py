@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlab.core import papers
+from layerlab.core.evidence import papers
 from layerlab.prune import blocks as prune, claims as prune_claims
-from layerlab.core import results, verdicts
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts
 from layerlab.prune.claims import deep_end
 
 

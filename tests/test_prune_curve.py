@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from layerlab.prune import healing, blocks as prune, curve as prune_curve
-from layerlab.core import lm_loss, prefix_eval, results
+from layerlab.core.eval import lm_loss, prefix_eval
+from layerlab.core.io import results
 from tiny import N_LAYERS, tiny_batch, tiny_model
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from layerlab.prune import paired as pp
-from layerlab.core import verdicts
+from layerlab.core.evidence import verdicts
 
 L = 10  # layers
 

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from layerlab.core import arch, results, scoring
+from layerlab.core.model import arch
+from layerlab.core.io import results
+from layerlab.core.eval import scoring
 from layerlab.laser import sweep as laser, rank
 from tiny import ARCH_NAMES, CharTokenizer, facts_file, tiny_batch, tiny_model
 
@@ -57,7 +59,7 @@ def test_reductions_compose_and_restore_bit_for_bit(name):
     model = tiny_model(name)
     before = state_hash(model)
     ids, mask = tiny_batch()
-    from layerlab.core import runner
+    from layerlab.core.model import runner
     ref = runner.full_logits(model, ids, mask)
     reds = [rank.Reduction(t, layer, 0.25) for t in arch.matrix_types(model)[:3] for layer in (0, 3)]
     cache = rank.SVDCache(model)
@@ -144,7 +146,7 @@ def test_a_released_sweeper_reads_its_stored_points_without_tokenising(tmp_path,
 
 
 def test_greedy_scores_each_steps_candidates_in_one_pass(tmp_path, monkeypatch):
-    from layerlab.core import prefix_stream
+    from layerlab.core.eval import prefix_stream
     calls = []
     real = prefix_stream.scores
 

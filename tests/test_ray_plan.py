@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from layerlab.core import distributed, models, ray_tasks, results
-from layerlab.laser import sweep as laser, rank
+from layerlab.core.compute import distributed, ray_tasks
+from layerlab.core.model import models
+from layerlab.core.io import results
+from layerlab.laser import distributed as laser_distributed, sweep as laser, rank
 from tiny import facts_file, tiny_model
 
 
@@ -94,7 +96,7 @@ def _storing_shard(fail: dict | None = None):
         runtime = models.runtime_of(getattr(torch, dtype), device, models.fingerprint(source), gpu)
         task = laser.build_task(dataset, data_dir, limit, seed)
         store = results.ResultStore(results_dir)
-        keyer = laser.Sweeper(distributed._key_model(runtime), None, model_name, task, store, seed=seed, limit=limit)
+        keyer = laser.Sweeper(distributed.key_model(runtime), None, model_name, task, store, seed=seed, limit=limit)
         for p in points:
             store.put(laser.TECHNIQUE, keyer.key([rank.Reduction(**r) for r in p]),
                       [dict(model=model_name, technique="laser", dataset=task.name, split="test", metric="acc",
@@ -114,8 +116,8 @@ def test_a_driver_without_a_gpu_plans_gpu_workers_from_a_probe(tmp_path, model_d
     monkeypatch.setattr(ray_tasks, "_probe", _gpu_probe)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the driver has no GPU
     shard = _storing_shard()
-    monkeypatch.setattr(distributed, "_laser_shard", shard)
-    ran = distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+    monkeypatch.setattr(laser_distributed, "_laser_shard", shard)
+    ran = laser_distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
                                        executor="ray", progress=False)
     assert fake.submitted[0][0] == "_gpu_probe"  # the probe runs before any shard
     assert ran["runtime"]["device"] == "cuda" and ran["runtime"]["dtype"] == "bfloat16"
@@ -128,10 +130,10 @@ def test_a_runtime_that_differs_is_refused_before_any_task(tmp_path, model_dir, 
     monkeypatch.setitem(sys.modules, "ray", fake)
     monkeypatch.setattr(ray_tasks, "_probe", _gpu_probe)
     shard = _storing_shard()
-    monkeypatch.setattr(distributed, "_laser_shard", shard)
+    monkeypatch.setattr(laser_distributed, "_laser_shard", shard)
     here = models.runtime_of(torch.float32, "cpu", models.fingerprint(model_dir))
     with pytest.raises(ValueError, match=r"device: workers 'cuda', here 'cpu'; dtype: workers 'bfloat16', here 'float32'"):
-        distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+        laser_distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
                                      executor="ray", progress=False, expected_runtime=here)
     assert [name for name, *_ in fake.submitted] == ["_gpu_probe"] and not shard.calls
 
@@ -142,7 +144,7 @@ def test_workers_with_other_package_versions_are_refused_before_any_task(tmp_pat
     monkeypatch.setattr(ray_tasks, "_probe", lambda device, dtype, env=None: {
         **_gpu_probe(device, dtype), "versions": {**models.package_versions(), "torch": "0.0.1"}})
     with pytest.raises(RuntimeError, match="other package versions.*torch: workers 0.0.1"):
-        distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+        laser_distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
                                      executor="ray", progress=False)
     assert len(fake.submitted) == 1
 
@@ -153,8 +155,8 @@ def test_an_out_of_memory_shard_runs_again_with_a_smaller_chunk(tmp_path, model_
     monkeypatch.setattr(ray_tasks, "_probe", _gpu_probe)
     shard = _storing_shard({0: ((0, 1), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))})
     shard.fail_marker[0] = []  # the shard holding the base point runs out of memory twice
-    monkeypatch.setattr(distributed, "_laser_shard", shard)
-    ran = distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+    monkeypatch.setattr(laser_distributed, "_laser_shard", shard)
+    ran = laser_distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
                                        executor="ray", progress=False)
     shrinks = [s for name, s, _ in fake.submitted if name == "shard"]
     assert sorted(shrinks) == [0, 0, 1, 2]  # two shards; one retried at 1/2 and 1/4 of the chunk
@@ -168,10 +170,10 @@ def test_a_failed_shard_is_reported_and_the_others_points_stay_stored(tmp_path, 
     monkeypatch.setattr(ray_tasks, "_probe", _gpu_probe)
     shard = _storing_shard({0: ((0, 1, 2, 3), torch.OutOfMemoryError("CUDA out of memory"))})
     shard.fail_marker[0] = []
-    monkeypatch.setattr(distributed, "_laser_shard", shard)
+    monkeypatch.setattr(laser_distributed, "_laser_shard", shard)
     with pytest.raises(RuntimeError, match=r"1 of 2 Ray tasks failed; \d of 5 points are stored .* stay there"
                                            r".*fewer items per batch.*\n  shard \d/2 \(chunk 1/8\): out of memory"):
-        distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
+        laser_distributed.run_laser_points(model_dir, str(facts_file(tmp_path)), POINTS, results_dir=tmp_path / "r",
                                      executor="ray", progress=False)
     stored = results.ResultStore(tmp_path / "r").keys(laser.TECHNIQUE)
     assert 0 < len(stored) < len(POINTS)  # the other shard finished and kept its points
@@ -210,7 +212,8 @@ def lm_dir(tmp_path):
 
 
 def test_a_weightless_model_has_the_architecture_and_no_weights(lm_dir):
-    from layerlab.core import arch, machine
+    from layerlab.core.model import arch
+    from layerlab.core.compute import machine
 
     real, _ = models.load(lm_dir, dtype="float32", device="cpu")
     meta, tok = models.load(lm_dir, dtype="bfloat16", device="meta")
@@ -249,7 +252,7 @@ def _spy_loads_and_shards(monkeypatch) -> list:
 
 
 def test_the_laser_pipeline_on_ray_loads_the_drivers_model_after_the_tasks(tmp_path, lm_dir, monkeypatch):
-    from layerlab.core import machine
+    from layerlab.core.compute import machine
     from layerlab.laser import run as laser_run
 
     facts = str(facts_file(tmp_path))

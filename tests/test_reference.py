@@ -1,10 +1,10 @@
-"""The fast paths against the plain references of each paper (layerlab.core.reference)."""
+"""The fast paths against the plain references of each paper (layerlab.core.model.reference)."""
 
 import numpy as np
 import pytest
 import torch
 
-from layerlab.core import arch, reference, runner, schedule
+from layerlab.core.model import arch, reference, runner, schedule
 from layerlab.prune import blocks as prune
 from layerlab.laser import rank
 from tiny import DECODERS, N_LAYERS, tiny_batch, tiny_model
@@ -104,7 +104,7 @@ def test_the_reference_twin_shares_the_weights_and_leaves_the_model_alone():
     """A scheduled reference copies modules, not weights (a 7B model has no room for two)."""
     from tiny import tiny_model
 
-    from layerlab.core import arch, reference
+    from layerlab.core.model import arch, reference
 
     model = tiny_model("llama")
     n = arch.n_layers(model)

@@ -10,7 +10,8 @@ import pytest
 
 import torch
 
-from layerlab.core import models, results
+from layerlab.core.model import models
+from layerlab.core.io import results
 
 HERE = Path(__file__).parent
 

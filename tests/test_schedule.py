@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from layerlab.core import arch, runner, schedule
+from layerlab.core.model import arch, runner, schedule
 from layerlab.painters import grid as painters
-from layerlab.core.schedule import Parallel
+from layerlab.core.model.schedule import Parallel
 from tiny import DECODERS, N_LAYERS, tiny_batch, tiny_model
 
 
@@ -150,7 +150,7 @@ def test_a_model_spread_over_devices_is_refused_before_any_work():
 
 
 def test_sublayer_variants_run_only_one_sublayer_of_each_middle_block():
-    from layerlab.core.schedule import Sublayer
+    from layerlab.core.model.schedule import Sublayer
     assert schedule.build("attn_only", 10, 3) == [0, 1, 2, *[Sublayer(i, "attn") for i in range(3, 7)], 7, 8, 9]
     assert schedule.build("mlp_only", 10, 4) == [0, 1, 2, 3, Sublayer(4, "mlp"), Sublayer(5, "mlp"), 6, 7, 8, 9]
     assert "attn_only" not in schedule.VARIANTS  # the paper's variants (and claims) are unchanged
@@ -159,7 +159,7 @@ def test_sublayer_variants_run_only_one_sublayer_of_each_middle_block():
 @pytest.mark.parametrize("variant", schedule.SUBLAYER_VARIANTS)
 @pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2", "gptj"])
 def test_painters_sublayer_specs_agree_with_the_reference_and_generate_with_a_correct_cache(name, variant):
-    from layerlab.core import reference
+    from layerlab.core.model import reference
     model = tiny_model(name)
     ids, mask = tiny_batch()
     steps = painters.Spec(variant, 1).steps(N_LAYERS)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import layerlab
-from layerlab.core import runner
+from layerlab.core.model import runner
 
 
 @pytest.mark.smoke

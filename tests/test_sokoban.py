@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from layerlab.laser import sokoban
+from layerlab.laser.sokoban import env as sokoban
 
 
 def play(level: sokoban.Level, actions) -> tuple[float, bool, sokoban.Batch]:

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from layerlab.beyond import spectrum
-from layerlab.core import arch, results, scoring
+from layerlab.core.model import arch
+from layerlab.core.io import results
+from layerlab.core.eval import scoring
 from layerlab.laser import rank, sweep as laser
 from tiny import CharTokenizer, facts_file, tiny_model
 
@@ -210,7 +212,7 @@ def test_spectrum_points_stay_out_of_the_laser_chapters_table(tmp_path):
     """Bottom-k and MP points share (matrix type, layer, rho) with LASER's grid points: stored in
     the chapter's table they made its selection see two rows per point (the smoke book's comparison
     page failed on it). The variants' sweeper keeps its own tables."""
-    from layerlab.core import results
+    from layerlab.core.io import results
     from layerlab.laser import rank, sweep as laser
     from tiny import CharTokenizer, facts_file, tiny_model
 

@@ -1,12 +1,12 @@
-"""The referee's statistics (layerlab.core.stats): coverage of the paired-proportion interval by
+"""The referee's statistics (layerlab.core.evidence.stats): coverage of the paired-proportion interval by
 simulation, the paired t interval, Holm, the floors."""
 
 import numpy as np
 import pytest
 from scipy.stats import t as t_dist
 
-from layerlab.core import evaluation as ev
-from layerlab.core import stats, verdicts
+from layerlab.core.eval import evaluation as ev
+from layerlab.core.evidence import stats, verdicts
 
 # paired cell probabilities (right both, right before only, right after only, wrong both):
 # few discordant items, none lost, balanced, large shifts, near the ceiling

@@ -10,8 +10,9 @@ import pytest
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from layerlab.core import arch, edits, lm_loss, prefix_eval, reference, runner, schedule, sublayer
-from layerlab.core.schedule import Parallel, Sublayer
+from layerlab.core.model import arch, edits, reference, runner, schedule, sublayer
+from layerlab.core.eval import lm_loss, prefix_eval
+from layerlab.core.model.schedule import Parallel, Sublayer
 from test_prefix_eval import LL_TOL, token_requests, tiny_tokenizer
 from tiny import N_LAYERS, tiny_batch, tiny_model
 
@@ -257,7 +258,8 @@ def test_sublayer_parameter_counts():
 # ---------------------------------------------------------------------------- the experiment (beyond.sublayers)
 
 from layerlab.beyond import sublayers as exp  # noqa: E402
-from layerlab.core import results, verdicts  # noqa: E402
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts  # noqa: E402
 
 
 def test_similarities_equal_an_independent_hook_computation():

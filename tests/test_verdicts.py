@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from layerlab.core import verdicts as v
+from layerlab.core.evidence import verdicts as v
 
 
 def test_above_decides_by_the_whole_interval():

@@ -1,19 +1,20 @@
 """layerlab: layer-level surgery of transformer language models.
 
-One subpackage per paper and two shared ones:
+One subpackage per paper, a shared core below them and the book above:
 
-- ``layerlab.core``: what every technique stands on: ``models`` (loading), ``arch`` (where
-  each family keeps its parts), ``runner`` (residual-stream capture and partial forward
-  passes), ``schedule`` and ``edits`` (which blocks run, in what order), ``scoring`` and
-  ``prefix_eval`` (prefix-cached scoring, lm-eval on many edits at once), ``evaluation``,
-  ``data``, ``results`` (the resumable store), ``stats`` and ``verdicts``, ``papers`` (the
-  papers' own numbers), ``distributed`` (Ray).
+- ``layerlab.core``: what every technique stands on, one subpackage per role, importing no
+  paper: ``model`` (``models``, ``arch``, ``runner``, ``schedule``, ``edits``, ``sublayer``,
+  ``reference``), ``eval`` (``scoring``, ``prefix_stream``, ``prefix_eval``, ``evaluation``,
+  ``lm_eval_model``, ``lm_loss``), ``evidence`` (``papers``, ``stats``, ``verdicts``), ``io``
+  (``data``, ``data_fetch``, ``files``, ``provenance``, ``results``), ``compute``
+  (``machine``, ``params``, ``planning``, ``distributed``, ``ray_tasks``).
 - ``layerlab.laser``: LASER (Sharma et al. 2023): ``rank``, ``sweep``, ``run``, ``analysis``,
-  ``claims``, and the Sokoban agent (``decision``).
+  ``claims``, ``distributed``, and the Sokoban agent (``laser.sokoban``).
 - ``layerlab.prune``: deeper-layer pruning (Gromov et al. 2024): ``blocks``, ``curve``,
   ``paired``, ``healing``, ``payoff``, ``claims``.
 - ``layerlab.painters``: Layers as Painters (Sun et al. 2024): ``grid``, ``run``,
-  ``contrasts``, ``encoder``, ``claims``.
+  ``contrasts``, ``encoder``, ``claims``, ``rows``, ``distributed``.
+- ``layerlab.beyond``: beyond the three papers.
 - ``layerlab.book``: building the book: ``build``, ``charts``, ``compare``, ``estimate``.
 
 Short paths for the reader: the core modules are importable from the top,
@@ -24,16 +25,24 @@ import importlib
 
 __version__ = "0.1.0"
 
-CORE = ("arch", "data", "data_fetch", "distributed", "edits", "evaluation", "files", "lm_eval_model",
-        "lm_loss", "machine", "models", "papers", "params", "prefix_eval", "prefix_stream", "provenance", "ray_tasks",
-        "reference", "results", "runner", "schedule", "scoring", "stats", "verdicts")
+# the short paths a reader types (``from layerlab import runner``): core module -> its role subpackage
+CORE = {"arch": "model", "edits": "model", "embedded": "model", "models": "model", "reference": "model", "runner": "model",
+        "schedule": "model", "sublayer": "model",
+        "evaluation": "eval", "lm_eval_model": "eval", "lm_loss": "eval", "prefix_eval": "eval",
+        "prefix_stream": "eval", "scoring": "eval",
+        "papers": "evidence", "stats": "evidence", "verdicts": "evidence",
+        "data": "io", "data_fetch": "io", "files": "io", "provenance": "io", "results": "io",
+        "distributed": "compute", "machine": "compute", "params": "compute", "planning": "compute",
+        "ray_tasks": "compute"}
 
 
 def __getattr__(name: str):
     if name in CORE:
-        return importlib.import_module(f"layerlab.core.{name}")
-    if name in ("load", "REGISTRY"):
-        return getattr(importlib.import_module("layerlab.core.models"), name)
+        return importlib.import_module(f"layerlab.core.{CORE[name]}.{name}")
+    if name == "load":
+        return importlib.import_module("layerlab.core.model.models").load
+    if name == "REGISTRY":
+        return importlib.import_module("layerlab.core.model.embedded").REGISTRY
     raise AttributeError(f"module 'layerlab' has no attribute {name!r}")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from layerlab.core import papers, stats, verdicts
+from layerlab.core.evidence import papers, stats, verdicts
 from .criteria import CRITERIA, LABELS
 
 N_BOOT = 1000

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from layerlab.core import results
+from layerlab.core.io import results
 
 TECHNIQUE = "beyond_claims"
 COLUMNS = ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"]

@@ -38,7 +38,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, models, results, runner
+from layerlab.core.model import arch, models, runner
+from layerlab.core.io import results
 
 CRITERIA = ("angular_last", "angular_mean", "block_influence", "relative_update", "linear_fit", "last_n")
 LABELS = {"angular_last": "angular distance, last token (Gromov)", "angular_mean": "angular distance, all tokens",

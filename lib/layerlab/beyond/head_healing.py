@@ -24,7 +24,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, edits as edits_mod, evaluation, models, params, prefix_eval, results, stats, verdicts
+from layerlab.core.model import arch, edits as edits_mod, models
+from layerlab.core.eval import evaluation, prefix_eval
+from layerlab.core.compute import params
+from layerlab.core.io import results
+from layerlab.core.evidence import stats, verdicts
 from layerlab.prune import blocks as prune, curve
 from layerlab.prune.healing import TIED, HealConfig, PartialConfig, heal_partial
 

@@ -25,7 +25,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, params, stats, verdicts
+from layerlab.core.model import arch
+from layerlab.core.compute import params
+from layerlab.core.evidence import stats, verdicts
 from layerlab.laser import rank, sweep as laser
 from layerlab.laser.analysis import GROUPS
 from layerlab.laser.claims import NONE_CHOSEN

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from layerlab.core import evaluation, results, stats, verdicts
+from layerlab.core.eval import evaluation
+from layerlab.core.io import results
+from layerlab.core.evidence import stats, verdicts
 from layerlab.prune.paired import compare
 
 LLM_DROP = "He et al. 2024, What Matters in Transformers? Not All Attention is Needed (LLM-Drop, arXiv 2406.15786)"

@@ -28,9 +28,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, data, edits as edits_mod, evaluation, models, params, prefix_eval, results, runner
-from layerlab.core import schedule, sublayer
-from layerlab.core.schedule import Sublayer
+from layerlab.core.model import arch, edits as edits_mod, models, runner
+from layerlab.core.io import data, results
+from layerlab.core.eval import evaluation, prefix_eval
+from layerlab.core.compute import params
+from layerlab.core.model import schedule, sublayer
+from layerlab.core.model.schedule import Sublayer
 from layerlab.prune import blocks as prune
 from layerlab.prune.curve import tensor_hash
 from .sublayer_claims import (FINERCUT, ITEMS, LABELS, LLM_DROP, LLM_DROP_STATEMENT, METHODS,  # noqa: F401

@@ -28,8 +28,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, data, edits as edits_mod, evaluation, models, params, prefix_eval, results, schedule
-from layerlab.core.lm_loss import chunk_losses, text_chunks
+from layerlab.core.model import arch, edits as edits_mod, models, schedule
+from layerlab.core.io import data, results
+from layerlab.core.eval import evaluation, prefix_eval
+from layerlab.core.compute import params
+from layerlab.core.eval.lm_loss import chunk_losses, text_chunks
 from .criteria import check_ns
 
 TRUTH = "beyond_truth"      # per-document held-out losses: doc, n, layer, loss, base, value (= cost)
@@ -75,7 +78,7 @@ def profile_config(profile: str, n_layers: int, **overrides) -> dict:
         if value is None:
             continue
         if name in ("ns", "mmlu_ns"):
-            from layerlab.core.params import as_list
+            from layerlab.core.compute.params import as_list
             value = check_ns(as_list(name, value), n_layers) if len(as_list(name, value)) else []
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
@@ -213,7 +216,7 @@ def mmlu_costs(model: nn.Module, tokenizer, model_name: str, store: results.Resu
 def mmlu_floor(frame: pd.DataFrame) -> tuple[bool, str]:
     """Whether the unmodified model is informative on the MMLU items of ``frame`` (rows of
     ``mmlu_costs``; ``stats.informative`` against chance 25%): (ok, reason)."""
-    from layerlab.core import stats
+    from layerlab.core.evidence import stats
 
     base = frame.drop_duplicates("item")["base"].to_numpy()
     return stats.informative(int(base.sum()), len(base), evaluation.CHANCE["mmlu"])

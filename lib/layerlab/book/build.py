@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from layerlab.core.models import DTYPES
+from layerlab.core.model.models import DTYPES
 
 ROOT = Path(__file__).resolve().parents[3]
 BOOK = ROOT / "book"
@@ -147,7 +147,7 @@ def execute(profile: str, results_dir: Path, data_dir: str | None, log=print, dt
     from papermill.exceptions import PapermillExecutionError
 
     from . import estimate
-    from layerlab.core.machine import machine_info
+    from layerlab.core.compute.machine import machine_info
 
     plan = chapter_plan(profile, dtype)
     rows = estimate.plan_estimate([(t, m, extra.get("dtype", "auto")) for t, m, extra in plan], profile,
@@ -187,9 +187,9 @@ def execute(profile: str, results_dir: Path, data_dir: str | None, log=print, dt
 def _resolved(dtype: str, technique: str) -> str:
     """The dtype a chapter ran in ("auto" resolved as the notebook resolves it)."""
     if technique == "laser_sokoban" and dtype == "auto":
-        from layerlab.laser.decision_agent import resolve
+        from layerlab.laser.sokoban.agent import resolve
         return str(resolve("auto", dtype)[1]).removeprefix("torch.")
-    from layerlab.core.models import resolve_dtype
+    from layerlab.core.model.models import resolve_dtype
     return str(resolve_dtype(dtype)).removeprefix("torch.")
 
 
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir or ROOT / "results" / args.profile).resolve()
     start = time.time()
     if not args.skip_execute:
-        from layerlab.core.results import record_timing
+        from layerlab.core.io.results import record_timing
         for t in execute(args.profile, results_dir, args.data_dir, dtype=args.dtype):
             record_timing(results_dir, f"book:{t.pop('technique')}", t.pop("model"), args.profile, t.pop("seconds"), **t)
     build_html(args.profile, results_dir)

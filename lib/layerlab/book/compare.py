@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from layerlab.painters import claims as painters_claims
+from layerlab.beyond import claims as beyond_claims
+from layerlab.laser import claims as laser_claims
+from layerlab.laser.sokoban import claims as sokoban_claims
+from layerlab.painters import rows as painters_rows
 from layerlab.prune import claims as prune_claims
-from layerlab.core import results, verdicts
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts
 from layerlab.prune.claims import holds_then_falls  # noqa: F401  (re-exported: tests call compare.holds_then_falls)
 
 COLUMNS = ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"]
@@ -103,14 +107,10 @@ def atlas_correlations(frame: pd.DataFrame) -> pd.DataFrame:
 def claims(store: results.ResultStore) -> pd.DataFrame:
     """Every headline claim of the three papers that the stored results can test: one
     row per (claim, model) with the paper's number, ours, the interval and a verdict."""
-    from layerlab.laser import claims as laser_claims
-
     rows = laser_claims.claim_rows(store)
     rows += prune_claims.claim_rows(store)  # Gromov et al.: the prune chapter's own verdicts
-    rows += painters_claims.claim_rows(store)  # Sun et al.: bootstrap intervals over items
-    from layerlab.laser import decision  # LASER outside language: the Sokoban Decision Transformer (paper Table 2)
-    rows += decision.claim_rows(store)
-    from layerlab.beyond import claims as beyond_claims  # "Beyond the papers": peers' findings on the same models
+    rows += painters_rows.claim_rows(store)  # Sun et al.: bootstrap intervals over items
+    rows += sokoban_claims.claim_rows(store)  # LASER outside language: the Sokoban Decision Transformer (paper Table 2)
     rows += beyond_claims.claim_rows(store)
     table = pd.DataFrame(rows, columns=COLUMNS + ["counted"])
     table["counted"] = table["counted"].fillna(True).astype(bool)

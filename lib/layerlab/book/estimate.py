@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from layerlab.core import models
+from layerlab.core.model import embedded, models
 
 COSTS = Path(__file__).resolve().parents[3] / "book" / "costs.json"
 CALIBRATION_TOKENS = (2, 64)   # rows x tokens of one timed forward pass
@@ -36,7 +36,7 @@ def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto"
     """Forward-pass speed of a registry model (or any ``layerlab.load`` name) in ``dtype``:
     tokens per second over ``CALIBRATION_TOKENS``-sized passes, after a warm-up pass,
     repeated until ``min_seconds`` have passed. Non-LM names (not loadable) -> matmul GFLOP/s."""
-    if model_name not in models.REGISTRY and not Path(model_name).exists() and "/" not in model_name:
+    if model_name not in embedded.REGISTRY and not Path(model_name).exists() and "/" not in model_name:
         return matmul_gflops()
     lm, _ = models.load(model_name, dtype=dtype, device=device)
     rows, length = CALIBRATION_TOKENS
@@ -171,7 +171,7 @@ def write_costs(results_dir: str | Path, profile: str, path: Path = COSTS) -> di
     """Record each chapter's work (seconds x speed) from the book's timing rows
     ("book:<technique>", with ``speed``) of a cold run in ``results_dir`` (other chapters
     keep their recorded costs); returns the chapters written."""
-    from layerlab.core.results import timings
+    from layerlab.core.io.results import timings
 
     t = timings(results_dir)
     t = t[t.chapter.str.startswith("book:") & (t.profile == profile)]

@@ -1,8 +1,8 @@
-"""The shared core: models, architectures, the layer runner, schedules and edits, scoring, evaluation, data, results, statistics and verdicts (see ``layerlab``)."""
+"""The shared core, one subpackage per role: ``model`` (the model and its blocks), ``eval`` (scoring and lm-eval), ``evidence`` (papers' numbers, statistics, verdicts), ``io`` (data, results store, provenance), ``compute`` (machine, planning, local or Ray execution). The core imports no paper package (``tests/test_layout.py``)."""
 
 import importlib
 
-SUBMODULES = ("arch", "data", "data_fetch", "distributed", "edits", "evaluation", "files", "lm_eval_model", "lm_loss", "machine", "models", "papers", "params", "prefix_eval", "prefix_stream", "provenance", "ray_tasks", "reference", "results", "runner", "schedule", "scoring", "stats", "verdicts")
+SUBMODULES = ('model', 'eval', 'evidence', 'io', 'compute')
 
 
 def __getattr__(name: str):

@@ -1,8 +1,8 @@
-"""LASER (Sharma, Ash & Misra 2023): ``rank`` (SVD rank reduction), ``sweep`` (the (tau, l, rho) sweep, protocol, greedy), ``tasks`` (the datasets as scoring tasks), ``run`` (the chapter pipeline), ``analysis`` (Fig. 5), ``quantisation``, ``claims``; the Sokoban Decision Transformer: ``sokoban``, ``decision_agent``, ``decision``, ``decision_claims``."""
+"""LASER (Sharma, Ash & Misra 2023): ``rank`` (SVD rank reduction), ``sweep`` (the (tau, l, rho) sweep, protocol, greedy), ``tasks`` (the datasets as scoring tasks), ``run`` (the chapter pipeline), ``analysis`` (Fig. 5), ``quantisation``, ``claims``, ``distributed`` (its points as Ray shards); the Sokoban Decision Transformer in ``sokoban`` (``env``, ``agent``, ``chapter``, ``claims``)."""
 
 import importlib
 
-SUBMODULES = ("analysis", "claims", "decision", "decision_agent", "decision_claims", "quantisation", "rank", "run", "sokoban", "sweep", "tasks")
+SUBMODULES = ("analysis", "claims", "distributed", "quantisation", "rank", "run", "sokoban", "sweep", "tasks")
 
 
 def __getattr__(name: str):

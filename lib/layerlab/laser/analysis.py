@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerlab.core import data, evaluation, verdicts
-from layerlab.core import papers
+from layerlab.core.io import data
+from layerlab.core.eval import evaluation
+from layerlab.core.evidence import verdicts
+from layerlab.core.evidence import papers
 from . import rank
 from .sweep import Sweeper
 from .tasks import item_metrics

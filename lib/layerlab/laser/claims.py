@@ -1,5 +1,5 @@
 """LASER's headline claims judged on the stored results, every verdict from an interval
-(``layerlab.core.verdicts``), one protocol at a time.
+(``layerlab.core.evidence.verdicts``), one protocol at a time.
 
 A protocol is one (split spec, runtime, runtime id, code version): the rows of a sweep run
 with one seed, item limit, dtype and device, weights and package versions. Points of different protocols are never mixed: the
@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from layerlab.core import evaluation, models, results, stats, verdicts
-from layerlab.core import papers
+from layerlab.core.eval import evaluation
+from layerlab.core.model import embedded
+from layerlab.core.io import results
+from layerlab.core.evidence import stats, verdicts
+from layerlab.core.evidence import papers
 
 PROTOCOL_COLUMNS = ("protocol", "runtime", "runtime_id", "code_version")
 MLP_TYPES = ("mlp_in", "gate", "mlp_out")
@@ -239,7 +242,7 @@ def claim_rows(store: results.ResultStore) -> list[dict]:
         size = [int(g[(g.matrix_type == "base") & (g.split == "test")]["n_items"].max()) for _, g in groups]
         for i, (label, g) in enumerate(groups):
             name = model if len(groups) == 1 else f"{model} ({label})"
-            gated = True if model in models.REGISTRY else None  # the registry's decoders all have gated MLPs
+            gated = True if model in embedded.REGISTRY else None  # the registry's decoders all have gated MLPs
             primary = i == max(range(len(groups)), key=lambda j: (size[j], j))
             rows += [r | {"counted": primary}
                      for r in judge(g, items[(items.model == model) & (items.dataset == ds)], ds, name, gated=gated)]

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerlab.core import models
+from layerlab.core.model import embedded
 from . import rank
 
 # our matrix types -> the GGUF tensor names of block l (llama.cpp's names)
@@ -78,10 +78,10 @@ def noise_energy(raw: np.ndarray, type_name: str) -> tuple[float, float]:
 def gguf_file(model_name: str, workdir: str | Path) -> Path:
     """The GGUF a registry model was dequantised from (assembled into ``workdir`` when it
     ships in parts). Raises ValueError for a model that does not come from a GGUF."""
-    entry = models.REGISTRY.get(model_name)
+    entry = embedded.REGISTRY.get(model_name)
     if entry is None or not entry.kind.startswith("gguf"):
         raise ValueError(f"model {model_name!r} does not come from a GGUF file of the registry")
-    return models._gguf_path(entry, model_name, Path(workdir))
+    return embedded.gguf_path(entry, model_name, Path(workdir))
 
 
 def read_tensor(path: str | Path, matrix_type: str, layer: int) -> tuple[np.ndarray, str, np.ndarray]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from layerlab.core import arch
+from layerlab.core.model import arch
 
 PARTS = ("top", "bottom", "smallest")
 IQR_TO_SIGMA = 1.349  # the interquartile range of a standard normal: sigma = IQR / 1.349

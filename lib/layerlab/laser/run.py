@@ -12,9 +12,13 @@ import time
 
 import pandas as pd
 
-from layerlab.core import arch, distributed, models, params, planning, results, verdicts
+from layerlab.core.model import arch, models
+from layerlab.core.compute import distributed, params, planning
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts
 from . import sweep as laser, claims as laser_claims, rank
-from layerlab.core import papers
+from . import distributed as laser_distributed
+from layerlab.core.evidence import papers
 
 
 def setup(model: str, profile: str, results_dir: str, data_dir=None, seed: int = 0, device: str = "auto",
@@ -63,7 +67,7 @@ def run_on_ray(run: dict, model: str, results_dir: str, data_dir=None, seed: int
     seconds = {}
     for ds in run["tasks"]:
         full, t0 = run["full_grid"][ds], time.time()
-        distributed.run_laser_points(model, ds, [[]] + [[r] for r in laser.grid(*_grid(run["cfg"], full))],
+        laser_distributed.run_laser_points(model, ds, [[]] + [[r] for r in laser.grid(*_grid(run["cfg"], full))],
                                      results_dir=results_dir, seed=seed, limit=laser.limit_for(run["cfg"], ds, full),
                                      data_dir=data_dir, device=device, dtype=dtype, executor="ray",
                                      ray_address=ray_address, workers=workers, expected_runtime=run["planned"])

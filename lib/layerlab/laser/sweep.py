@@ -21,7 +21,10 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from layerlab.core import arch, evaluation, models, papers, prefix_stream, results, scoring
+from layerlab.core.model import arch, models
+from layerlab.core.eval import evaluation, prefix_stream, scoring
+from layerlab.core.evidence import papers
+from layerlab.core.io import results
 from . import rank
 from .tasks import DATASETS, NOT_REPLICATED, Task, build_task, dataset_name, item_metrics  # noqa: F401
 

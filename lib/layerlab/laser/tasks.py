@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from layerlab.core import data, scoring
+from layerlab.core.io import data
+from layerlab.core.eval import scoring
 
 DATASETS = ("counterfact", "hotpotqa", "fever", "truthfulqa", "epistemic_reasoning")
 NOT_REPLICATED = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from layerlab.core import stats, verdicts
+from layerlab.core.evidence import stats, verdicts
 from .claims import BASE, N_BOOT, SIMILARITY, Bootstrap, _row, interval, undefined
 
 CONTRAST = "middle_contrast"   # metric of the per-document contrast rows in SIMILARITY

@@ -15,7 +15,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, data, data_fetch, evaluation, models, results, runner, schedule
+from layerlab.core.model import arch, models, runner, schedule
+from layerlab.core.io import data, data_fetch, results
+from layerlab.core.eval import evaluation
 from .grid import Spec
 
 TECHNIQUE = "painters_encoder"

@@ -17,8 +17,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, evaluation, models, prefix_eval, results, runner, schedule
-from layerlab.core import edits as edits_mod
+from layerlab.core.model import arch, models, runner, schedule
+from layerlab.core.eval import evaluation, prefix_eval
+from layerlab.core.io import results
+from layerlab.core.model import edits as edits_mod
 
 TECHNIQUE = "painters"
 BENCHMARKS = ("arc_easy", "arc_challenge", "hellaswag", "winogrande", "lambada", "gsm8k")

@@ -12,8 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerlab.core import arch, data, distributed, models, params, planning, results, runner, schedule
-from . import grid as painters, claims as painters_claims
+from layerlab.core.model import arch, models, runner, schedule
+from layerlab.core.io import data, results
+from layerlab.core.compute import distributed, params, planning
+from . import grid as painters, claims as painters_claims, rows as painters_rows
+from . import distributed as painters_distributed
 
 PROFILES = {
     "smoke": dict(variants=["skip", "reverse", "random", "looped_parallel"], affected=[2], loop_counts=[1, 2],
@@ -90,7 +93,7 @@ def _evaluate(lm, tok, model: str, store: results.ResultStore, spec_tasks: dict,
     if ray is None:
         return painters.evaluate_specs(lm, tok, model, store, spec_tasks, limits, data_dir, seed)
     runtime = ray["runtime"]
-    distributed.run_painters_specs(model, list(spec_tasks), spec_tasks, limits, n_layers=arch.n_layers(lm),
+    painters_distributed.run_painters_specs(model, list(spec_tasks), spec_tasks, limits, n_layers=arch.n_layers(lm),
                                    results_dir=store.root, seed=seed, data_dir=data_dir, executor="ray",
                                    expected_runtime=runtime, **ray["args"])
     keys = [painters.point_key(model, s, t, limits.get(t), runtime, seed, data_dir)
@@ -171,9 +174,9 @@ QUESTIONS = [  # the paper's eight questions and the claims that answer them
 
 def answers(out: dict, model: str, doc_contrast=None, n_boot: int = painters_claims.N_BOOT) -> str:
     """Markdown: the eight questions, each answered by the claim rows of
-    ``painters_claims.model_rows`` at the middle affected size (the same functions and
+    ``painters_rows.model_rows`` at the middle affected size (the same functions and
     thresholds as the comparison chapter); ``doc_contrast`` from ``similarity``."""
-    rows = painters_claims.model_rows(out["items"], model, n_boot=n_boot, doc_contrast=doc_contrast)
+    rows = painters_rows.model_rows(out["items"], model, n_boot=n_boot, doc_contrast=doc_contrast)
     a_mid = out["affected"][len(out["affected"]) // 2]
     by_claim = {}
     for r in rows:

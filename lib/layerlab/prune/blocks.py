@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, runner, schedule
+from layerlab.core.model import arch, runner, schedule
 from .healing import HealConfig, heal, mlp_module_names  # noqa: F401  (re-exported)
-from layerlab.core.lm_loss import normalised_loss, text_chunks  # noqa: F401  (re-exported)
+from layerlab.core.eval.lm_loss import normalised_loss, text_chunks  # noqa: F401  (re-exported)
 
 TECHNIQUE = "prune"
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from layerlab.core import evaluation, results, verdicts
-from layerlab.core import papers
+from layerlab.core.eval import evaluation
+from layerlab.core.io import results
+from layerlab.core.evidence import verdicts
+from layerlab.core.evidence import papers
 from . import paired as prune_paired
 from .blocks import chance_fraction, deep_end_share  # noqa: F401  (re-exported)
 from .paired import holds_then_falls  # noqa: F401  (re-exported: the chapters call it from here)

@@ -13,11 +13,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from layerlab.core import arch, data, evaluation, models, params, prefix_eval, results, schedule
+from layerlab.core.model import arch, models, schedule
+from layerlab.core.io import data, results
+from layerlab.core.eval import evaluation, prefix_eval
+from layerlab.core.compute import params
 from . import blocks as prune
-from layerlab.core import edits as edits_mod
+from layerlab.core.model import edits as edits_mod
 from .healing import HealConfig, heal
-from layerlab.core.lm_loss import text_chunks
+from layerlab.core.eval.lm_loss import text_chunks
 
 TECHNIQUE = prune.TECHNIQUE
 ITEMS = "prune_items"  # per-item results of each point (lm-eval samples, held-out chunks), keyed like the point

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from layerlab.core import arch
+from layerlab.core.model import arch
 
 
 @dataclass

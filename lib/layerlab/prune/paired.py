@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from layerlab.core import evaluation, stats, verdicts
-from layerlab.core import papers
+from layerlab.core.eval import evaluation
+from layerlab.core.evidence import stats, verdicts
+from layerlab.core.evidence import papers
 
 HOLD_MARGIN = 0.05    # "holds": the paired change in accuracy stays above -5 pp at every flat point
 CHANCE_MARGIN = 0.10  # "falls to chance": the accuracy interval lies within chance ± 10 pp

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from layerlab.core import arch, models, results
+from layerlab.core.model import arch, models
+from layerlab.core.io import results
 from . import blocks as prune
 
 

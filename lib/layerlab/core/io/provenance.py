@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .files import cached_sha256
+from layerlab.core.io.files import cached_sha256
 
 # the files of a model folder that its fingerprint covers: weights, config, tokenizer
 FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".tiktoken")
@@ -81,7 +81,7 @@ def runtime(model: nn.Module) -> dict:
     p = next(model.parameters())
     gpu = None
     if p.device.type == "cuda":  # which GPU: kernels, and so bf16 round-off, differ between GPU models
-        # a planner's stand-in (distributed._key_model) names the workers' GPU; a real model its own
+        # a planner's stand-in (distributed.key_model) names the workers' GPU; a real model its own
         gpu = model.layerlab_gpu if hasattr(model, "layerlab_gpu") else torch.cuda.get_device_name(p.device)
     return runtime_of(p.dtype, p.device.type, weights_fingerprint(model), gpu)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import arch
+from layerlab.core.model import arch
 
 
 def _logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

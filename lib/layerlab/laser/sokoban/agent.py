@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerlab.core import models, results
-from . import sokoban
+from layerlab.core.model import models
+from layerlab.core.io import results
+from layerlab.laser.sokoban import env as sokoban
 
 TRAIN_TECHNIQUE = "sokoban_train"
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import arch, sublayer as sublayer_mod
+from layerlab.core.model import arch, sublayer as sublayer_mod
 
 VARIANTS = ("skip", "middle_repeat", "reverse", "random", "parallel", "looped_parallel")  # the paper's
 # below the block (LLM-Drop, FinerCut): the middle blocks run only their attention or only their MLP

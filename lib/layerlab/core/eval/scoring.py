@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import arch, runner
+from layerlab.core.model import arch, runner
 
 
 @dataclass

@@ -9,7 +9,7 @@ import platform
 
 import torch
 
-from .models import NATIVE_BF16_FLAGS, auto_dtype, cpu_flags, cpu_has_native_bf16
+from layerlab.core.model.models import NATIVE_BF16_FLAGS, auto_dtype, cpu_flags, cpu_has_native_bf16
 
 # environment variables that cap the instruction sets torch, oneDNN and MKL use (they make a
 # CPU behave like an older one: how this book's AVX2-only timings were taken on an AVX-512 CPU)

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 MIRROR_ENV = "LAYERLAB_DATA_MIRROR"
 DEFAULT_MIRROR = "https://raw.githubusercontent.com/{repo}/{commit}/{path}"

@@ -2,7 +2,7 @@
 
 lm-eval tasks (``LM_EVAL_TASKS``) are YAMLs shipped in ``layerlab/tasks`` that read
 prepared JSONL files: ``prepare_tasks`` turns the data dir's files into them with the
-loaders of ``layerlab.core.data`` (so lm-eval and layerlab's own metrics see the same items),
+loaders of ``layerlab.core.io.data`` (so lm-eval and layerlab's own metrics see the same items),
 shuffled once with a fixed seed so that a ``limit`` takes a random sample rather than
 the first subject or file section. The YAMLs get absolute paths at run time.
 
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import data as data_mod
-from . import data_fetch
-from .models import cache_dir
+from layerlab.core.io import data as data_mod
+from layerlab.core.io import data_fetch
+from layerlab.core.model.embedded import cache_dir
 
 SHUFFLE_SEED = 1234
 # the datasets the prepared lm-eval tasks read, and the functions here that build their prompts
@@ -103,7 +103,7 @@ def paired_difference(a, b, confidence: float = 0.95) -> tuple[float, float, flo
     difference of paired proportions (``stats.paired_proportion``: honest coverage when few
     items change, where a percentile bootstrap of 0/1 differences is far too narrow);
     continuous values get the paired t interval (``stats.paired_t``)."""
-    from . import stats
+    from layerlab.core.evidence import stats
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if stats.is_binary(a, b):
@@ -173,7 +173,7 @@ def tasks_fingerprint(data_dir: str | os.PathLike | None = None) -> str:
     from layerlab import __version__
 
     root = data_mod.data_dir(data_dir)
-    templates = resources.files("layerlab.core").joinpath("tasks")
+    templates = resources.files("layerlab.core.eval").joinpath("tasks")
     parts = [__version__, SHUFFLE_SEED, data_fetch.files_fingerprint(LM_EVAL_DATASETS, root),
              [inspect.getsource(globals()[name]) for name in PROMPT_FUNCTIONS],
              [[t.name, t.read_text()] for t in sorted(templates.iterdir(), key=lambda t: t.name)
@@ -187,7 +187,7 @@ def prepare_tasks(data_dir: str | os.PathLike | None = None, target: str | os.Pa
     ``tasks_fingerprint(data_dir)``: reused while data files, prompt code and templates
     are unchanged, rebuilt when any of them changes."""
     root = data_mod.data_dir(data_dir)
-    templates = resources.files("layerlab.core").joinpath("tasks")
+    templates = resources.files("layerlab.core.eval").joinpath("tasks")
     folder = Path(target) if target else cache_dir().parent / "lm_eval_tasks" / tasks_fingerprint(root)
     if (folder / ".complete").exists():
         return folder
@@ -232,7 +232,7 @@ def lm_eval(model, tokenizer, tasks: list[str], limit: int | float | None = None
     import torch
     from lm_eval.tasks import TaskManager
 
-    from .lm_eval_model import ScoredPositionsLM
+    from layerlab.core.eval.lm_eval_model import ScoredPositionsLM
 
     include = prepare_tasks(data_dir)
     manager = TaskManager(include_path=str(include), include_defaults=False)
@@ -290,7 +290,7 @@ def evaluate_model(model, tokenizer, tasks: list[str], limit: int | float | None
         frames.append(lm_eval(model, tokenizer, tasks, limit=limit, batch_size=batch_size,
                               data_dir=data_dir, seed=seed)[0])
     if loss_chunks is not None:
-        from .lm_loss import normalised_loss
+        from layerlab.core.eval.lm_loss import normalised_loss
         value, se = normalised_loss(model, loss_chunks)
         frames.append(pd.DataFrame([{"dataset": "heldout", "metric": "loss_norm", "value": value, "stderr": se,
                                      "n_items": int(len(loss_chunks)), "ci_low": value - 1.96 * se,

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import arch
+from layerlab.core.model import arch
 
 PARTS = ("attn", "mlp")
 

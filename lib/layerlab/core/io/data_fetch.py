@@ -1,7 +1,7 @@
 """``make data``: fetch every benchmark file from its public source and verify its
 checksum; and the data's fingerprint for the results keys (``files_fingerprint``).
 
-``python -m layerlab.core.data_fetch fetch [DATA_DIR]`` runs ``main``.
+``python -m layerlab.core.io.data_fetch fetch [DATA_DIR]`` runs ``main``.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 
-from .files import cached_sha256, sha256  # noqa: F401  (sha256: make data's checksums)
-from .data import DATASETS, DEFAULT_MIRROR, MIRROR_ENV, ChecksumMismatch, _json, _jsonl, data_dir, load_user_facts
+from layerlab.core.io.files import cached_sha256, sha256  # noqa: F401  (sha256: make data's checksums)
+from layerlab.core.io.data import DATASETS, DEFAULT_MIRROR, MIRROR_ENV, ChecksumMismatch, _json, _jsonl, data_dir, load_user_facts
 
 _data_root = data_dir  # files_fingerprint's parameter shadows the name
 
 
 def manifest() -> list[dict]:
-    return json.loads(resources.files("layerlab.core").joinpath("data_manifest.json").read_text())["files"]
+    return json.loads(resources.files("layerlab.core.io").joinpath("data_manifest.json").read_text())["files"]
 
 
 def _derive_fever_paper_test(root: Path) -> bytes:
@@ -103,7 +103,7 @@ def fetch(root: str | os.PathLike | None = None, entries: list[dict] | None = No
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "fetch":
-        print("usage: python -m layerlab.core.data_fetch fetch [DATA_DIR]")
+        print("usage: python -m layerlab.core.io.data_fetch fetch [DATA_DIR]")
         return 2
     report = fetch(argv[1] if len(argv) > 1 else None)
     for k, v in report.items():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import arch, schedule, sublayer
+from layerlab.core.model import arch, schedule, sublayer
 
 
 @dataclass
@@ -82,7 +82,7 @@ def check_one_device(model: nn.Module) -> torch.device:
     raise ValueError(f"the layer runner runs a model on one device; this {type(model).__name__} has parameters on "
                      f"{', '.join(spread)} (device_map or offloading). Supported: the whole model on one device "
                      "(layerlab.load(..., device='cuda:N')); a sweep larger than one GPU runs as Ray tasks with "
-                     "one GPU each (layerlab.core.distributed).")
+                     "one GPU each (layerlab.core.compute.distributed).")
 
 
 @torch.no_grad()
@@ -153,7 +153,7 @@ def run_blocks(model: nn.Module, state: ResidualState, h: torch.Tensor,
                steps: Iterable[schedule.Step]) -> torch.Tensor:
     """Run ``h`` [batch, seq, d_model] through a schedule and return the residual stream.
 
-    steps: a schedule (``layerlab.core.schedule``): block indices, ``Parallel`` groups whose
+    steps: a schedule (``layerlab.core.model.schedule``): block indices, ``Parallel`` groups whose
     blocks read the same input, have their outputs averaged (summed in float32 by
     ``schedule.accumulate``, as scheduled models do), and are fed back
     ``iterations`` times (Layers-as-Painters parallel / looped parallel), and ``Sublayer``
@@ -261,5 +261,5 @@ def check_reproduces(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
     if diff > atol * scale:
         raise RuntimeError(f"the layer runner does not reproduce {type(model).__name__}'s forward pass "
                            f"(max |logit difference| {diff:.3g} > {atol * scale:.3g}); this architecture's "
-                           "blocks take arguments the runner does not pass on: see layerlab.core.arch")
+                           "blocks take arguments the runner does not pass on: see layerlab.core.model.arch")
     return diff

@@ -40,8 +40,8 @@ def chunk_losses(model: nn.Module, chunks: torch.Tensor, edits: Sequence | None 
     batch's unchanged prefix computed once (``runner.capture``) and each edit running only
     its own blocks; None scores ``model`` itself with its own forward pass ([1, n_chunks]).
     Memory: one batch's states, whatever n."""
-    from . import edits as edits_mod
-    from . import runner
+    from layerlab.core.model import edits as edits_mod
+    from layerlab.core.model import runner
 
     device = next(model.parameters()).device
     log_v = math.log(model.config.vocab_size)

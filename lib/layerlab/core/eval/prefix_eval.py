@@ -43,8 +43,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import arch, edits as edits_mod, evaluation, results, runner
-from .lm_eval_model import ScoredPositionsLM
+from layerlab.core.model import arch, edits as edits_mod, runner
+from layerlab.core.eval import evaluation
+from layerlab.core.io import results
+from layerlab.core.eval.lm_eval_model import ScoredPositionsLM
 
 ITEM_METRICS = ("acc", "acc_norm", "exact_match")
 CAPTURE = "capture"
@@ -256,7 +258,7 @@ def evaluate_edits(model: nn.Module, tokenizer, tasks: list[str], edits: Mapping
     every edit, prefix-shared (lm-eval resumable per chunk with ``journal``, as in
     ``lm_eval_edits``). Returns name -> (tidy rows as ``evaluation.evaluate_model``
     gives them; per-item rows: ``item_rows`` for the tasks, one row per chunk for the loss)."""
-    from .lm_loss import chunk_losses, mean_and_se
+    from layerlab.core.eval.lm_loss import chunk_losses, mean_and_se
 
     out = {name: ([], []) for name in edits}
     if tasks:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from . import models, results
+from layerlab.core.model import models
+from layerlab.core.io import results
 
 MAX_RETRIES = 3
 OOM_RETRIES = 3  # a shard out of memory runs again with half the chunk, this many times

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import runner, scoring
+from layerlab.core.model import runner
+from layerlab.core.eval import scoring
 
 # what ``scores`` keeps by default, per device type: small beside the weights on a CPU (so that
 # the peak does not depend on the number of items), a few GiB beside a 7B model on a GPU

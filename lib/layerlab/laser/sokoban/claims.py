@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerlab.core import evaluation, results, stats, verdicts
-from .decision import ITEMS, PAPER_TABLE2, PROTOCOL
+from layerlab.core.eval import evaluation
+from layerlab.core.io import results
+from layerlab.core.evidence import stats, verdicts
+from layerlab.laser.sokoban.chapter import ITEMS, PAPER_TABLE2, PROTOCOL
 
 NONE_CHOSEN = "no reduction beats the unmodified agent on validation"
 CLAIM = "one rank reduction (chosen on validation) raises a Decision Transformer's Sokoban solved rate"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import arch, runner, schedule
+from layerlab.core.model import arch, runner, schedule
 
 WeightEdit = Callable[[nn.Module], AbstractContextManager]
 

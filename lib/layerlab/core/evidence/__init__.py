@@ -1,0 +1,11 @@
+"""Evidence: the papers' own numbers (``papers``), intervals, power and floors (``stats``), and verdicts decided by intervals (``verdicts``)."""
+
+import importlib
+
+SUBMODULES = ('papers', 'stats', 'verdicts')
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
