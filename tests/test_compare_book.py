@@ -46,7 +46,7 @@ def test_atlas_puts_every_lens_on_one_layer_axis(tmp_path):
 def test_claims_report_the_paired_difference_and_a_verdict(tmp_path):
     table = compare.claims(_store_with_results(tmp_path))
     row = table[table.claim.str.contains("counterfact")].iloc[0]
-    assert "10.0% → 30.0%" in row["ours"] and row["verdict"] == "agrees"
+    assert "10.0% → 30.0%" in row["ours"] and verdicts.word(row["verdict"]) == "agrees"
     assert "+20.0 pp" in row["interval"]
     late = table[table.claim.str.contains("late-layer MLP")].iloc[0]
     assert late["verdict"] == "agrees"
@@ -145,3 +145,30 @@ def test_chart_html_survives_a_percent_sign_in_the_title():
         title="accuracy (%) at 50% of the layers")
     page = charts.html(chart)
     assert "accuracy (%) at 50% of the layers" in page and "var id=\"layerlab-chart-" in page
+
+
+def test_the_decision_table_counts_claims_by_reason():
+    rows = [
+        {"paper": "A", "claim": "c1", "model": "m", "verdict": "agrees: x", "counted": True},
+        {"paper": "A", "claim": "c2", "model": "m", "verdict": "disagrees: smaller than the paper's", "counted": True},
+        {"paper": "A", "claim": "c3", "model": "m", "verdict": "inconclusive: admits 0 and +1 pp", "counted": True},
+        {"paper": "B", "claim": "c4", "model": "m", "verdict": verdicts.not_testable("24%", cause="model at chance"),
+         "counted": True},
+        {"paper": "B", "claim": "c5", "model": "m (size 8)", "verdict": "agrees", "counted": True},
+        {"paper": "B", "claim": "c5", "model": "m (size 16)", "verdict": "disagrees", "counted": True},
+        {"paper": "B", "claim": "c6", "model": "m", "verdict": "agrees", "counted": False},
+    ]
+    table = pd.DataFrame(rows).assign(**{c: "" for c in ("paper's number", "ours", "interval")})
+    t = compare.decision_table(table)
+    assert t.loc["A", ["claims", "decided", "agrees", "disagrees", "too few items"]].tolist() == [3, 2, 1, 1, 1]
+    assert t.loc["B", ["claims", "decided", "model at chance", "rows differ"]].tolist() == [2, 0, 1, 1]
+    assert t.loc["all papers", "decided %"] == 40 and "no data" not in t.columns
+    assert not t.isna().any().any()
+
+
+def test_a_constant_lens_is_named_and_left_out_of_the_correlations():
+    frame = pd.DataFrame({"layer": [0, 1, 2, 3] * 3, "lens": ["a"] * 4 + ["b"] * 4 + ["flat"] * 4,
+                          "value": [1, 2, 3, 4, 4, 3, 2, 1, 0, 0, 0, 0]})
+    assert compare.constant_lenses(frame) == ["flat"]
+    corr = compare.atlas_correlations(frame)
+    assert list(corr.columns) == ["a", "b"] and not corr.isna().any().any() and corr.loc["a", "b"] == -1

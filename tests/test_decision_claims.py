@@ -33,13 +33,22 @@ def by_claim(rows, claim):
     return [r for r in rows if r["claim"] == claim]
 
 
-@pytest.mark.parametrize("laser, verdict", [(60, verdicts.AGREES), (44, verdicts.INCONCLUSIVE),
-                                            (20, verdicts.DISAGREES)])
-def test_each_seed_gets_a_score_interval(tmp_path, laser, verdict):
+@pytest.mark.parametrize("base, laser, n, verdict", [(40, 60, 80, verdicts.AGREES), (40, 44, 80, verdicts.INCONCLUSIVE),
+                                                     (40, 20, 80, verdicts.DISAGREES),
+                                                     (1000, 1000, 2000, verdicts.DISAGREES)])
+def test_each_seed_is_judged_against_the_papers_effect(tmp_path, base, laser, n, verdict):
+    """A score interval of the paired change against Table 2's +2.33 pp (a third of it as the
+    smallest effect of interest): a null result on 2000 levels excludes it and disagrees."""
     store = results.ResultStore(tmp_path)
-    put_seed(store, 0, 40, laser)
+    put_seed(store, 0, base, laser, n=n)
     (row,) = by_claim(decision_claims.claim_rows(store), decision_claims.CLAIM)
-    assert row["verdict"] == verdict and "score interval" in row["interval"] and row["counted"]
+    assert verdicts.word(row["verdict"]) == verdict and "score interval" in row["interval"] and row["counted"]
+    assert row["n"] == n and row["statistic"].startswith("paired Tango") and row["mde"].endswith(" pp")
+    assert row["n_needed"] > n if verdict == verdicts.INCONCLUSIVE else True
+    if verdict == verdicts.INCONCLUSIVE:
+        assert "MDE (80% power)" in row["verdict"] and "items would detect 0.777 pp" in row["verdict"]
+    if n == 2000:
+        assert "smaller than the paper's" in row["verdict"]
 
 
 def test_validation_choosing_nothing_is_not_testable(tmp_path):

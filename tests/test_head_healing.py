@@ -170,10 +170,16 @@ def test_claims_reach_every_verdict():
     gained = acc.copy()
     gained[60:80] = 1
     qa = _items({"lora": acc, "head+last": gained, "unpruned": acc}, "arc_easy", "acc")
-    assert head_healing.judge(qa, "arc_easy", "acc", "similarity", 3)["verdict"] == "agrees"
+    assert head_healing.judge(qa, "arc_easy", "acc", "similarity", 3)["verdict"].startswith("agrees")
+    lost = acc.copy()
+    lost[:20] = 0
+    assert head_healing.judge(_items({"lora": acc, "head+last": lost, "unpruned": acc}, "arc_easy", "acc"),
+                              "arc_easy", "acc", "similarity", 3)["verdict"].startswith("disagrees")
+    # two modified models compared: an unpruned model at chance is reported beside, not a gate
     chance = _items({"lora": acc, "head+last": gained, "unpruned": np.r_[np.ones(26), np.zeros(74)]},
                     "arc_easy", "acc")
-    assert head_healing.judge(chance, "arc_easy", "acc", "similarity", 3)["verdict"].startswith("not testable")
+    row = head_healing.judge(chance, "arc_easy", "acc", "similarity", 3)
+    assert row["verdict"].startswith("agrees") and "Wilson lower bound" in row["ours"] and row["n"] == 100
 
 
 def test_run_stores_both_healers_and_recomputes_nothing(tmp_path, monkeypatch):

@@ -51,7 +51,7 @@ def test_a_transferring_late_mlp_gain_agrees(tmp_path):
     store = results.ResultStore(tmp_path)
     sweep(store, 16, 70)
     (gain,) = by_claim(store, "single rank reduction")
-    assert gain["verdict"] == verdicts.AGREES and "GPT-J" in gain["paper's number"]
+    assert verdicts.word(gain["verdict"]) == verdicts.AGREES and "GPT-J" in gain["paper's number"]
     assert "mlp_in [fc_up; U_in if the MLP has no gate], layer 3 of 4" in gain["ours"]
     (late,) = by_claim(store, "late-layer MLP")
     assert late["verdict"] == verdicts.AGREES and "97.5% interval" in late["interval"]
@@ -98,14 +98,14 @@ def test_a_gain_that_does_not_transfer_is_inconclusive(tmp_path):
     store = results.ResultStore(tmp_path)
     sweep(store, 16, 41)
     (gain,) = by_claim(store, "single rank reduction")
-    assert gain["verdict"] == verdicts.INCONCLUSIVE
+    assert verdicts.word(gain["verdict"]) == verdicts.INCONCLUSIVE
 
 
 def test_four_items_gained_none_lost_is_not_a_gain(tmp_path):
     store = results.ResultStore(tmp_path)
     sweep(store, 16, 44)  # 40 -> 44 of 80: exact McNemar p = 0.125
     (gain,) = by_claim(store, "single rank reduction")
-    assert gain["verdict"] == verdicts.INCONCLUSIVE
+    assert verdicts.word(gain["verdict"]) == verdicts.INCONCLUSIVE
 
 
 @pytest.mark.parametrize("composed_test, verdict", [(78, verdicts.AGREES), (70, verdicts.INCONCLUSIVE),
@@ -191,7 +191,7 @@ def test_fever_gets_only_the_gain_row_and_an_empty_store_none(tmp_path):
     sweep(store, 16, 70, dataset="fever")
     rows = laser_claims.claim_rows(store)
     assert [r["claim"] for r in rows] == ["a single rank reduction raises fever test accuracy"]
-    assert set(rows[0]) == set(laser_claims.COLUMNS) | {"counted"}
+    assert set(rows[0]) == set(laser_claims.COLUMNS) | {"counted", "n", "statistic", "mde", "n_needed"}
 
 
 def test_paper_names():
@@ -199,3 +199,4 @@ def test_paper_names():
     assert laser_claims.paper_name("mlp_in") == "mlp_in [fc_up]"
     assert laser_claims.paper_name("mlp_in", gated=False) == "mlp_in [U_in]"
     assert laser_claims.paper_name("mlp_out", gated=False) == "mlp_out [U_out]"
+

@@ -5,6 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
+from layerlab.core.evidence import verdicts
+
 from layerlab.beyond import spectrum
 from layerlab.core.model import arch
 from layerlab.core.io import results
@@ -168,17 +170,20 @@ def test_claims_reach_every_verdict():
     ones, zeros = np.ones(n), np.zeros(n)
     half = np.r_[np.ones(n // 2), np.zeros(n // 2)]
     agree = spectrum.claims([_result(half, half, half, zeros)], "m")
-    assert [r["verdict"] for r in agree] == ["agrees", "agrees"]
+    assert [verdicts.word(r["verdict"]) for r in agree] == ["agrees", "agrees"]
     disagree = spectrum.claims([_result(half, half, zeros, ones)], "m")
-    assert [r["verdict"] for r in disagree] == ["disagrees", "disagrees"]
+    assert [verdicts.word(r["verdict"]) for r in disagree] == ["disagrees", "disagrees"]
     mixed = half.copy()
     mixed[:6] = 0  # 6 items lost of 200: the interval straddles -5 pp
     swapped = half.copy()
     swapped[:3], swapped[-3:] = 0, 1  # 3 lost, 3 gained: the interval straddles 0
     unsure = spectrum.claims([_result(half, half, mixed, swapped)], "m")
-    assert [r["verdict"] for r in unsure] == ["inconclusive", "inconclusive"]
-    floor = spectrum.claims([_result(zeros, half, half, half)], "m")
-    assert all(r["verdict"].startswith("not testable") for r in floor)
+    assert [verdicts.word(r["verdict"]) for r in unsure] == ["inconclusive", "inconclusive"]
+    assert all(r["n"] == n and r["mde"].endswith("pp") for r in unsure)
+    # both claims compare two modified models: an unmodified model at chance is reported, not a gate
+    at_chance = spectrum.claims([_result(zeros, half, half, half)], "m")
+    assert [verdicts.word(r["verdict"]) for r in at_chance] == ["agrees", "inconclusive"]
+    assert "(unmodified: 0 of 200 correct unmodified (< 20))" in at_chance[0]["ours"]
 
 
 def test_swapped_predictions_match_direct_edits(tmp_path):

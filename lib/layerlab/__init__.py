@@ -30,7 +30,7 @@ CORE = {"arch": "model", "edits": "model", "embedded": "model", "models": "model
         "schedule": "model", "sublayer": "model",
         "evaluation": "eval", "lm_eval_model": "eval", "lm_loss": "eval", "prefix_eval": "eval",
         "prefix_stream": "eval", "scoring": "eval",
-        "papers": "evidence", "stats": "evidence", "verdicts": "evidence",
+        "papers": "evidence", "power": "evidence", "stats": "evidence", "verdicts": "evidence",
         "data": "io", "data_fetch": "io", "files": "io", "provenance": "io", "results": "io",
         "distributed": "compute", "machine": "compute", "params": "compute", "planning": "compute",
         "ray_tasks": "compute"}

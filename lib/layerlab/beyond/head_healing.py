@@ -28,7 +28,7 @@ from layerlab.core.model import arch, edits as edits_mod, models
 from layerlab.core.eval import evaluation, prefix_eval
 from layerlab.core.compute import params
 from layerlab.core.io import results
-from layerlab.core.evidence import stats, verdicts
+from layerlab.core.evidence import power, stats, verdicts
 from layerlab.prune import blocks as prune, curve
 from layerlab.prune.healing import TIED, HealConfig, PartialConfig, heal_partial
 
@@ -186,8 +186,8 @@ def _values(items: pd.DataFrame, healer: str, dataset: str, metric: str, method:
 def judge(items: pd.DataFrame, dataset: str, metric: str, method: str, n: int) -> dict:
     """head+last against LoRA on the same items of one pruned model: accuracy (0/1) by
     Tango's paired score interval of head+last − LoRA (agrees above 0), the held-out loss
-    per chunk by the paired t interval (agrees below 0). Accuracy is not testable when the
-    unpruned model fails the floor (``stats.informative``) or was not measured."""
+    per chunk by the paired t interval (agrees below 0). Both sides are modified models, so
+    the unpruned model's floor (``stats.informative``) is reported beside, not a gate."""
     lora, head = _values(items, "lora", dataset, metric, method, n), _values(items, "head+last", dataset, metric,
                                                                              method, n)
     common = lora.index.intersection(head.index)
@@ -200,13 +200,14 @@ def judge(items: pd.DataFrame, dataset: str, metric: str, method: str, n: int) -
                 "interval": f"head+last − LoRA {d:+.4f} [{lo:+.4f}, {hi:+.4f}] (paired t over chunks)",
                 "verdict": verdicts.below(lo, hi)}
     base = _values(items, "unpruned", dataset, metric, None, None)
-    ok, why = stats.informative(int(base.sum()), len(base), evaluation.CHANCE[dataset]) if len(base) else \
+    _, why = stats.informative(int(base.sum()), len(base), evaluation.CHANCE[dataset]) if len(base) else \
         (False, "the unpruned model was not measured")
     d, lo, hi = stats.paired_proportion(a, b)
+    cols = power.paired_binary_columns(a, b, None)
     ours = f"LoRA {100 * a.mean():.1f}%, head+last {100 * b.mean():.1f}% ({len(a)} items)"
-    return {"ours": ours if ok else f"{ours}; {why}",
+    return {"ours": f"{ours}; {why}",  # two modified models: the unpruned model's floor is reported, not a gate
             "interval": f"head+last − LoRA {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] (paired score)",
-            "verdict": verdicts.above(lo, hi) if ok else verdicts.not_testable(f"floor: {why}")}
+            "verdict": verdicts.direction(lo, hi, power_note=cols.pop("power_note")), **cols}
 
 
 def claims(items: pd.DataFrame, model: str) -> list[dict]:

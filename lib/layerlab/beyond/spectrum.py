@@ -27,7 +27,7 @@ from torch import nn
 
 from layerlab.core.model import arch
 from layerlab.core.compute import params
-from layerlab.core.evidence import stats, verdicts
+from layerlab.core.evidence import power, stats, verdicts
 from layerlab.laser import rank, sweep as laser
 from layerlab.laser.analysis import GROUPS
 from layerlab.laser.claims import NONE_CHOSEN
@@ -237,20 +237,21 @@ def claims(results: list[dict], model: str, margin: float = NONINFERIORITY) -> l
         interval of MP − LASER lies above -margin, disagrees when it lies at or below it;
     the top components carry the answers: the k smallest components alone against LASER's
         top k: agrees when the interval of smallest − top lies below 0.
-    Not testable when the unmodified model fails the floor (``stats.informative``; chance 0
-    for answer tasks, 1 / choices otherwise) or validation picks no reduction (bottom k)."""
+    Both compare two modified models, so no floor on the unmodified one applies (it is
+    reported in "ours"); not testable only when validation picks no reduction (bottom k)."""
     rows = []
     for res in results:
         items, ds = res["items"], res["dataset"]
         task = res["sweeper"].task
         chance = 0.0 if task.kind == "answer" else 1.0 / (int(task.row_choice.max()) + 1)
         base = _test(items[UNMODIFIED], "correct")
-        ok, why = stats.informative(int(base.sum()), len(base), chance)
+        _, why = stats.informative(int(base.sum()), len(base), chance)
         common = {"paper": "laserRMT / LASER issue #12", "model": model}
         las = _test(items[LASER], "correct")
         for rule in [r for r in rank.MP_RULES if composed(r) in items]:
             mp = _test(items[composed(rule)], "correct")
             d, lo, hi = stats.paired_proportion(las, mp.loc[las.index])
+            cols = power.paired_binary_columns(las, mp.loc[las.index], -margin)
             b = res["best"]
             chosen = "none" if b is None else f"{b.matrix_type}@{b.layer}:{b.rho}"
             rows.append({**common, "claim": f"a Marchenko-Pastur rank ({RULE_NAMES[rule]}; no search) does as well "
@@ -258,24 +259,24 @@ def claims(results: list[dict], model: str, margin: float = NONINFERIORITY) -> l
                          "paper's number": "laserRMT: a rank from each matrix's MP edge, no grid search",
                          "ours": f"LASER {100 * las.mean():.1f}% ({chosen}), MP composed over "
                                  f"{len(res['variants'][composed(rule)])} matrices {100 * mp.mean():.1f}% "
-                                 f"on {len(las)} test items",
+                                 f"on {len(las)} test items (unmodified: {why})",
                          "interval": f"MP − LASER {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] "
                                      "(paired score)",
-                         "verdict": verdicts.above(lo, hi, -margin) if ok else verdicts.not_testable(f"floor: {why}")})
+                         "verdict": verdicts.non_inferior(lo, hi, margin, power_note=cols.pop("power_note")), **cols})
         claim = f"the k smallest components alone answer worse than LASER's top k on {ds}"
-        if res["best"] is None or not ok:
-            why_not = NONE_CHOSEN if res["best"] is None else f"floor: {why}"
+        if res["best"] is None:
             rows.append({**common, "paper": "LASER issue #26", "claim": claim, "paper's number": "", "ours": "",
-                         "interval": "", "verdict": verdicts.not_testable(why_not)})
+                         "interval": "", "verdict": verdicts.not_testable(NONE_CHOSEN)})
             continue
         small = _test(items[SMALLEST], "correct")
         d, lo, hi = stats.paired_proportion(las, small.loc[las.index])
+        cols = power.paired_binary_columns(las, small.loc[las.index], None)
         rows.append({**common, "paper": "LASER issue #26", "claim": claim,
                      "paper's number": "maintainer: compare the top-k with the bottom-k components (no number)",
                      "ours": f"top k {100 * las.mean():.1f}%, smallest k {100 * small.mean():.1f}% "
                              f"({len(las)} test items)",
                      "interval": f"smallest − top {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]",
-                     "verdict": verdicts.below(lo, hi)})
+                     "verdict": verdicts.direction(lo, hi, -1, power_note=cols.pop("power_note")), **cols})
     return rows
 
 

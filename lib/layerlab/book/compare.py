@@ -16,6 +16,12 @@ from layerlab.core.evidence import verdicts
 from layerlab.prune.claims import holds_then_falls  # noqa: F401  (re-exported: tests call compare.holds_then_falls)
 
 COLUMNS = ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"]
+# the power to tell, on every row: items the primary statistic uses, which statistic, the effect
+# it detects with 80% power at that n, and the items that would detect the paper's effect
+POWER_COLUMNS = ["n", "statistic", "mde", "n_needed"]
+# why a claim is undecided: its interval admits both (too few items), its counted rows
+# disagree with each other, or the cause its "not testable" verdict names (verdicts.CAUSES)
+TOO_FEW, ROWS_DIFFER, UNNAMED = "too few items", "rows differ", "cause not named"
 
 
 def atlas(store: results.ResultStore, model: str, n_block: int = 1) -> pd.DataFrame:
@@ -85,8 +91,38 @@ def claim_words(table: pd.DataFrame) -> pd.DataFrame:
         testable = set(g["word"]) - {verdicts.NOT_TESTABLE}
         word = (verdicts.NOT_TESTABLE if not testable else testable.pop() if len(testable) == 1
                 else verdicts.INCONCLUSIVE)
-        rows.append({"paper": paper, "claim": claim, "model": model, "word": word, "rows": len(g)})
-    return pd.DataFrame(rows, columns=["paper", "claim", "model", "word", "rows"])
+        rows.append({"paper": paper, "claim": claim, "model": model, "word": word, "rows": len(g),
+                     "reason": _reason(word, g, len(testable) > 1)})
+    return pd.DataFrame(rows, columns=["paper", "claim", "model", "word", "rows", "reason"])
+
+
+def _reason(word: str, g: pd.DataFrame, rows_differ: bool) -> str:
+    """"decided", or the class of reason a claim is undecided (``TOO_FEW``, ``ROWS_DIFFER``,
+    one of ``verdicts.CAUSES``, or ``UNNAMED`` for a not-testable verdict without a cause)."""
+    if word in (verdicts.AGREES, verdicts.DISAGREES):
+        return "decided"
+    if word == verdicts.INCONCLUSIVE:
+        return ROWS_DIFFER if rows_differ else TOO_FEW
+    causes = [c for c in g["verdict"].map(verdicts.cause) if c]
+    return causes[0] if causes else UNNAMED
+
+
+def decision_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Claims decided and undecided per paper (and "all papers"), the undecided by reason
+    class (``_reason``): integer counts and the share decided in %. Columns for a reason
+    class appear only when some claim has it."""
+    words = claim_words(table)
+    reasons = [TOO_FEW, ROWS_DIFFER, *verdicts.CAUSES, UNNAMED]
+    out = pd.crosstab(words["paper"], words["reason"]).reindex(columns=["decided", *reasons], fill_value=0)
+    out.insert(0, "claims", out.sum(axis=1))
+    out.insert(2, "agrees", words[words.word == verdicts.AGREES].groupby("paper").size().reindex(out.index).fillna(0))
+    out.insert(3, "disagrees", words[words.word == verdicts.DISAGREES].groupby("paper").size().reindex(out.index)
+               .fillna(0))
+    out.loc["all papers"] = out.sum()
+    out = out.astype(int)
+    out = out[[c for c in out.columns if c not in reasons or out[c].sum() > 0]]
+    out["decided %"] = (100 * out["decided"] / out["claims"].where(out["claims"] > 0)).round(0).fillna(0).astype(int)
+    return out
 
 
 def verdict_counts(table: pd.DataFrame) -> pd.DataFrame:
@@ -101,7 +137,14 @@ def verdict_counts(table: pd.DataFrame) -> pd.DataFrame:
 def atlas_correlations(frame: pd.DataFrame) -> pd.DataFrame:
     """Spearman correlations between the lenses across layers."""
     wide = frame.pivot_table(index="layer", columns="lens", values="value")
-    return wide.corr(method="spearman")
+    return wide.loc[:, wide.nunique() > 1].corr(method="spearman", min_periods=3)
+
+
+def constant_lenses(frame: pd.DataFrame) -> list[str]:
+    """Lenses with one value at every layer: they have no ranks, so no correlation and no
+    chart can show them (the page says so in words)."""
+    wide = frame.pivot_table(index="layer", columns="lens", values="value")
+    return [c for c in wide.columns if wide[c].nunique() <= 1]
 
 
 def claims(store: results.ResultStore) -> pd.DataFrame:
@@ -109,10 +152,13 @@ def claims(store: results.ResultStore) -> pd.DataFrame:
     row per (claim, model) with the paper's number, ours, the interval and a verdict."""
     rows = laser_claims.claim_rows(store)
     rows += prune_claims.claim_rows(store)  # Gromov et al.: the prune chapter's own verdicts
-    rows += painters_rows.claim_rows(store)  # Sun et al.: bootstrap intervals over items
+    rows += painters_rows.claim_rows(store)  # Sun et al.
     rows += sokoban_claims.claim_rows(store)  # LASER outside language: the Sokoban Decision Transformer (paper Table 2)
     rows += beyond_claims.claim_rows(store)
-    table = pd.DataFrame(rows, columns=COLUMNS + ["counted"])
+    table = pd.DataFrame(rows, columns=COLUMNS + ["counted"] + POWER_COLUMNS)
+    table["n"] = pd.to_numeric(table["n"], errors="coerce").astype("Int64")
+    table["n_needed"] = pd.to_numeric(table["n_needed"], errors="coerce").astype("Int64")
+    table[["statistic", "mde"]] = table[["statistic", "mde"]].fillna("")
     table["counted"] = table["counted"].fillna(True).astype(bool)
     table["verdict"].map(verdicts.word)
     return table

@@ -14,8 +14,7 @@ import pandas as pd
 from layerlab.core.eval import evaluation
 from layerlab.core.model import embedded
 from layerlab.core.io import results
-from layerlab.core.evidence import stats, verdicts
-from layerlab.core.evidence import papers
+from layerlab.core.evidence import papers, power, stats, verdicts
 
 PROTOCOL_COLUMNS = ("protocol", "runtime", "runtime_id", "code_version")
 MLP_TYPES = ("mlp_in", "gate", "mlp_out")
@@ -193,8 +192,13 @@ def judge(t: pd.DataFrame, items: pd.DataFrame, dataset: str, model: str, n_laye
         chosen = _test_items(items, _key(singles, best.matrix_type, best.layer, best.rho))
         interval, lo, hi = _delta(base, chosen)
         where = f"{paper_name(best.matrix_type, gated)}, layer {best.layer} of {n_layers}, rho {best.rho}"
+        smallest = papers.smallest_effect((p["paper_laser"] - p["paper_base"]) / 100) if p else None
+        cols = power.paired_binary_columns(base, chosen, smallest)
+        note = cols.pop("power_note")
+        verdict = (verdicts.versus_paper(lo, hi, smallest=smallest, power_note=note) if smallest
+                   else verdicts.direction(lo, hi, power_note=note))
         gain.update(ours=f"{100 * base.mean():.1f}% → {100 * chosen.mean():.1f}% on {len(base)} test items ({where})",
-                    interval=interval, verdict=verdicts.above(lo, hi))
+                    interval=interval, verdict=verdict, **cols)
     rows = [gain]
     if dataset != "counterfact":
         return rows

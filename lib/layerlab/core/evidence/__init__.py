@@ -1,8 +1,8 @@
-"""Evidence: the papers' own numbers (``papers``), intervals, power and floors (``stats``), and verdicts decided by intervals (``verdicts``)."""
+"""Evidence: the papers' own numbers (``papers``), intervals and floors (``stats``), the power to tell (``power``), and verdicts decided by intervals (``verdicts``)."""
 
 import importlib
 
-SUBMODULES = ('papers', 'stats', 'verdicts')
+SUBMODULES = ('papers', 'power', 'stats', 'verdicts')
 
 
 def __getattr__(name: str):

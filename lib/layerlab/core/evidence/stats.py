@@ -95,11 +95,16 @@ def is_binary(*arrays) -> bool:
 
 def paired_t(before, after, confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean of after − before over paired values [n] with the paired t interval:
-    (difference, lo, hi); lo = hi = difference when every difference is equal, NaN for n < 2."""
+    (difference, lo, hi). Never a zero-width interval: 0/1 values get Tango's score interval
+    (``paired_proportion``, which admits both sides of a tie), and continuous differences
+    that are all equal (no spread to estimate) or fewer than 2 get NaN limits, which every
+    verdict reads as inconclusive."""
     from scipy.stats import t
 
     diff = np.asarray(after, float) - np.asarray(before, float)
-    if len(diff) < 2:
+    if len(diff) and is_binary(before, after):
+        return paired_proportion(before, after, confidence)
+    if len(diff) < 2 or not diff.std() > 0:
         return (float(diff.mean()) if len(diff) else float("nan"), float("nan"), float("nan"))
     m, se = float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(diff)))
     half = float(t.ppf(0.5 + confidence / 2, len(diff) - 1)) * se

@@ -9,12 +9,14 @@ import numpy as np
 
 from layerlab.core.eval import evaluation
 from layerlab.core.io import results
-from layerlab.core.evidence import stats, verdicts
+from layerlab.core.evidence import papers, power, stats, verdicts
 from layerlab.laser.sokoban.chapter import ITEMS, PAPER_TABLE2, PROTOCOL
 
 NONE_CHOSEN = "no reduction beats the unmodified agent on validation"
 CLAIM = "one rank reduction (chosen on validation) raises a Decision Transformer's Sokoban solved rate"
 RETURN_CLAIM = "the Sokoban return moves with the solved rate"
+# Table 2's +2.33 pp solved, a third of it (papers.SMALLEST_SHARE): fixed before the data
+SMALLEST = papers.smallest_effect((PAPER_TABLE2["laser_solved"] - PAPER_TABLE2["base_solved"]) / 100)
 
 
 def hierarchical_draws(diffs: list[np.ndarray], n_boot: int = 2000, seed: int = 0) -> np.ndarray:
@@ -84,15 +86,18 @@ def claim_rows(store: results.ResultStore, n_boot: int = 2000) -> list[dict]:
             solved = evaluation.paired_difference(base_s, las_s)
             changes[r.seed] = (las_s - base_s, las_r - base_r, solved, stats.paired_t(base_r, las_r))
             best = (r.best.replace("@", ", layer ").replace(":", ", rho ") if r.best else NONE_CHOSEN)
+            cols = power.paired_binary_columns(base_s, las_s, SMALLEST)
+            note = cols.pop("power_note")
             verdict = (verdicts.not_testable(NONE_CHOSEN) if not r.best else
-                       verdicts.not_testable("no per-level rows stored") if not len(base_s) else
-                       verdicts.not_testable("the unmodified agent solves no test level") if not base_s.any()
-                       else verdicts.above(solved[1], solved[2]))
+                       verdicts.not_testable("no per-level rows stored", cause="no data") if not len(base_s) else
+                       verdicts.not_testable("the unmodified agent solves no test level", cause="model at chance")
+                       if not base_s.any()
+                       else verdicts.versus_paper(solved[1], solved[2], smallest=SMALLEST, power_note=note))
             rows.append({"paper": "LASER", "claim": CLAIM, "paper's number": paper, "model": f"{label} (seed {r.seed})",
                          "ours": f"{100 * base_s.mean():.1f}% → {100 * las_s.mean():.1f}% on {len(base_s)} levels "
                                  f"({best}); exact McNemar p = {r.mcnemar_p:.2g}",
                          "interval": _fmt("Δ", solved) + " (score interval)", "verdict": verdict,
-                         "counted": not pooled})
+                         "counted": not pooled, **cols})
         if pooled and any(not len(c[0]) for c in changes.values()):
             solved = ret = (float("nan"),) * 3
             rows.append({"paper": "LASER", "claim": CLAIM, "paper's number": paper,
