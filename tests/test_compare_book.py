@@ -56,6 +56,9 @@ def test_claims_report_the_paired_difference_and_a_verdict(tmp_path):
     greedy = table[table.claim.str.contains("composing")].iloc[0]  # judged against the best single reduction
     assert "best single 30.0% → composed 40.0% (2 reductions" in greedy["ours"] and greedy["verdict"] == "agrees"
     assert "+10.0 pp" in greedy["interval"]
+    printed = compare.shown(table)  # the page's table: blanks where a row has no n or n_needed
+    assert table["n_needed"].isna().any() and not printed.isna().any().any()
+    assert (printed.loc[table["n_needed"].isna(), "n_needed"] == "").all()
 
 
 def test_deep_end_share_counts_blocks_whose_centre_is_in_the_deeper_half():

@@ -208,7 +208,8 @@ def test_sweep_protocol_and_claim_rows(tmp_path, monkeypatch):
     decision.sweep(run, ["mlp_in"], [1], [0.1], n_val=12, progress=False)
     rows = decision_claims.claim_rows(store)
     assert len(rows) == 2  # the solved-rate claim and the return-moves-with-solved claim
-    assert list(rows[0]) == ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict", "counted"]
+    assert list(rows[0]) == ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict", "counted",
+                             "n", "statistic", "mde", "n_needed"]
     assert all(verdicts.word(r["verdict"]) in verdicts.VERDICTS for r in rows)
     stored = store.table(decision.PROTOCOL).iloc[0]
     assert {"config", "device", "dtype"} <= set(stored.index) and stored.device == "cpu"

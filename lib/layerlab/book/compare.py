@@ -162,3 +162,9 @@ def claims(store: results.ResultStore) -> pd.DataFrame:
     table["counted"] = table["counted"].fillna(True).astype(bool)
     table["verdict"].map(verdicts.word)
     return table
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The claims table as the page prints it: a missing number (n, n_needed) is a blank
+    cell, not <NA> (the integer columns cannot hold a blank, so every column is an object)."""
+    return table.astype(object).where(table.notna(), "")
