@@ -101,7 +101,7 @@ def _items(key, curve, n_items=200, dataset="arc_easy", method="similarity", met
 
 def test_claim_rows_from_a_store(tmp_path):
     store = results.ResultStore(tmp_path)
-    curve = {0: 0.7, 3: 0.69, 6: 0.25}
+    curve = {0: 0.7, 1: 0.69, 6: 0.25}  # 0.1: flat for a model of no known family, 0.6 fallen
     for frame in _items("p", curve):
         n = int(frame.n.iloc[0])
         store.put("prune_items", frame.key.iloc[0], frame)
@@ -116,7 +116,9 @@ def test_claim_rows_from_a_store(tmp_path):
     assert set(prune_claims.COLUMNS) <= set(rows.columns)
     assert set(rows["paper"]) == {papers.GROMOV}
     by_number = rows.set_index("paper's number")["verdict"]
-    assert by_number[papers.GROMOV_HOLDS_THEN_FALLS] == verdicts.AGREES
+    assert verdicts.word(by_number[papers.GROMOV_HOLDS_THEN_FALLS]) == verdicts.AGREES
+    assert rows[["n", "statistic", "mde"]].notna().all().all() and "n_needed" in rows
+    assert not rows["verdict"].str.contains("bootstrap draws").any()
     assert by_number[papers.GROMOV_DEEP_END] == verdicts.AGREES
     assert by_number[papers.GROMOV_FINAL_BLOCK] == verdicts.AGREES
     assert papers.GROMOV_HEALING not in by_number.index  # nothing healed, no row
@@ -138,7 +140,7 @@ def test_claim_rows_never_mix_protocols(tmp_path):
     store = results.ResultStore(tmp_path)
     for key, limit, values in (("a", 40, (0.7, 0.69, 0.25)), ("b", 100, (0.7, 0.3, 0.25))):
         meta = {"limit": limit, "seed": 0, "runtime": "float32/cpu", "runtime_id": "x"}
-        for frame in _items(key, dict(zip((0, 3, 6), values)), n_items=limit, meta=meta):
+        for frame in _items(key, dict(zip((0, 1, 6), values)), n_items=limit, meta=meta):
             n = int(frame.n.iloc[0])
             store.put("prune_items", frame.key.iloc[0], frame)
             store.put("prune", frame.key.iloc[0], [{

@@ -19,7 +19,8 @@ from layerlab.core.evidence import verdicts
 from layerlab.core.evidence import papers
 from . import paired as prune_paired
 from .blocks import chance_fraction, deep_end_share  # noqa: F401  (re-exported)
-from .paired import holds_then_falls  # noqa: F401  (re-exported: the chapters call it from here)
+from . import collapse
+from .collapse import holds_then_falls  # noqa: F401  (re-exported: the chapters call it from here)
 
 TASKS = ("mmlu", "boolq", "arc_easy", "hellaswag")
 HEALED_MARGIN = 0.10  # "nearly matches": within 10% of the heuristic's own pruning-induced loss increase
@@ -108,7 +109,8 @@ def best_starts(dist: pd.DataFrame) -> pd.DataFrame:
 
 def _row(claim: str, number: str, model: str, judged: dict) -> dict:
     return {"paper": papers.GROMOV, "claim": claim, "paper's number": number, "model": model,
-            "ours": judged["ours"], "interval": judged["interval"], "verdict": judged["verdict"]}
+            "ours": judged["ours"], "interval": judged["interval"], "verdict": judged["verdict"],
+            **{k: judged.get(k, "" if k != "n_needed" else None) for k in ("n", "statistic", "mde", "n_needed")}}
 
 
 def _untested(claim: str, number: str, model: str, why: str) -> dict:
@@ -135,8 +137,8 @@ def curve_rows(curve: pd.DataFrame, model: str, items: pd.DataFrame | None = Non
         if c[(c.dataset == task)]["healed"].astype(bool).any():
             claim = f"LoRA healing delays the {task} collapse"
             rows.append(_untested(claim, papers.GROMOV_HEALING_QA, model, NO_ITEMS) if items is None else
-                        _row(claim, papers.GROMOV_HEALING_QA, model, prune_paired.healing_delays_collapse(
-                            items, task, evaluation.CHANCE[task], n_layers)))
+                        _row(claim, papers.GROMOV_HEALING_QA, model, collapse.healing_delays_collapse(
+                            items, task, evaluation.CHANCE[task], model, n_layers)))
         if (c[c.dataset == task]["method"] == "deepest").any():
             claim = f"before healing, similarity-based pruning beats the simple heuristic on {task}"
             judged = None if items is None else prune_paired.similarity_vs_heuristic(items, task, "acc")
@@ -218,16 +220,18 @@ def claim_rows(store: results.ResultStore) -> list[dict]:
     return rows
 
 
-def chance_table(curve: pd.DataFrame, items: pd.DataFrame | None = None, n_layers: int | None = None) -> pd.DataFrame:
+def chance_table(curve: pd.DataFrame, items: pd.DataFrame | None = None, n_layers: int | None = None,
+                 model: str = "") -> pd.DataFrame:
     """Per task and unhealed variant of one model's curve (with a ``variant`` column): the
     unpruned accuracy, the fraction from which the curve's intervals reach chance, and the
-    holds-then-falls verdict on the per-item rows (not testable without them)."""
+    holds-then-falls verdict on the per-item rows (not testable without them), judged in the
+    regions of ``model``'s family (``collapse.band``)."""
     rows = []
     acc = curve[(curve.metric == "acc") & ~curve.healed.astype(bool)]
     for (task, variant), part in acc.groupby(["dataset", "variant"]):
         method = part["method"].iloc[0] if "method" in part else "similarity"
         judged = ({"verdict": verdicts.not_testable(NO_ITEMS)} if items is None or not len(items) else
-                  holds_then_falls(items, task, evaluation.CHANCE[task], n_layers=n_layers, method=method))
+                  holds_then_falls(items, task, evaluation.CHANCE[task], model, n_layers=n_layers, method=method))
         f = chance_fraction(part, evaluation.CHANCE[task])
         base = part[part.n == 0]["value"]
         rows.append({"task": task, "variant": variant,
