@@ -79,8 +79,12 @@ def deep_end(best: pd.DataFrame, n_layers: int, docs: pd.DataFrame | None = None
         return {"verdict": verdicts.not_testable(NO_DOCS), "share": k / m, "ours": ours, "interval": ""}
     _, draws = _doc_draws(docs, n_layers, n_boot, seed)
     lo, hi = np.quantile(_deep_share(draws, n_layers), [0.025, 0.975])
+    shares = _deep_share(draws, n_layers)
     return {"verdict": verdicts.above(lo, hi, 0.5), "share": k / m, "ours": ours,
-            "interval": f"[{100 * lo:.0f}%, {100 * hi:.0f}%] vs 50% (bootstrap over {docs['doc'].nunique()} documents)"}
+            "interval": f"[{100 * lo:.0f}%, {100 * hi:.0f}%] vs 50% (bootstrap over {docs['doc'].nunique()} documents)",
+            "n": int(docs["doc"].nunique()), "n_needed": None,
+            "statistic": "share of n with l*(n) in the deeper half, percentile bootstrap over documents",
+            "mde": f"{100 * 2.8 * float(np.std(shares)):.3g} pp"}  # 80% power: 2.8 bootstrap standard errors
 
 
 def final_block_distinct(docs: pd.DataFrame | None, n_layers: int, n_boot: int = N_BOOT, seed: int = 0) -> dict:
@@ -94,7 +98,10 @@ def final_block_distinct(docs: pd.DataFrame | None, n_layers: int, n_boot: int =
     lo, hi = np.quantile(gap(draws), [0.025, 0.975])
     return {"verdict": verdicts.above(lo, hi),
             "ours": f"d(final block) {mean[1, n_layers - 1]:.3f}, largest other {np.nanmax(mean[1, :n_layers - 1]):.3f}",
-            "interval": f"final − largest other: {gap(mean):+.3f} [{lo:+.3f}, {hi:+.3f}] (bootstrap over documents)"}
+            "interval": f"final − largest other: {gap(mean):+.3f} [{lo:+.3f}, {hi:+.3f}] (bootstrap over documents)",
+            "n": int(docs["doc"].nunique()), "n_needed": None,
+            "statistic": "final block's angular distance minus the largest other, percentile bootstrap over documents",
+            "mde": f"{2.8 * float(np.std(gap(draws))):.3g}"}  # 80% power: 2.8 bootstrap standard errors
 
 
 def best_starts(dist: pd.DataFrame) -> pd.DataFrame:
