@@ -267,6 +267,11 @@ def test_claim_verdicts_flip_with_the_data():
         == {verdicts.DISAGREES}
     flat, c = toy(30, m, 0 * mu, mu, 0.5, 4)              # no difference in truth: inconclusive
     assert words(agreement.lu_rows(flat, {"angular_last": c}, [1], "toy", "loss")) == {verdicts.INCONCLUSIVE}
+    # a tie: the criterion picks the last n itself in every resample, so the difference is 0
+    # in every draw; [0, 0] admits both sides (it read "disagrees" under "below 0")
+    t, c = toy(30, m, mu, 1 - mu, 0.01, 5)
+    tie = agreement.lu_rows(t, {"angular_last": c}, [1], "toy", "loss")
+    assert words(tie) == {verdicts.INCONCLUSIVE} and "the same span" in tie[0]["ours"]
 
 
 def test_maps_and_charts_build():

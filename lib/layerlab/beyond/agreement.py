@@ -191,7 +191,8 @@ def lu_rows(truth: np.ndarray, crits: dict[str, np.ndarray], ns, model: str, tru
     true cost of the last n blocks minus that of the Gromov pick (argmin of
     ``angular_last``), bootstrap over units with the pick recomputed per draw; agrees if
     the interval lies below 0. Lu et al. measured after fine-tuning the head and last
-    blocks; this is the unhealed cost. Family-wise intervals over the n (Bonferroni)."""
+    blocks; this is the unhealed cost. Family-wise intervals over the n (Bonferroni).
+    A direction test (``verdicts.direction``): the paper states no size of the advantage."""
     if "angular_last" not in crits:
         return []
     conf = stats.holm_confidence(len(ns))
@@ -208,7 +209,9 @@ def lu_rows(truth: np.ndarray, crits: dict[str, np.ndarray], ns, model: str, tru
                          f"n = {n}", papers.LU_REVERSE_ORDER, model,
                          f"cost(last n) - cost(Gromov pick) = {diff:+.4f}{same}",
                          f"[{lo:+.4f}, {hi:+.4f}] vs 0 ({100 * conf:.1f}% bootstrap over {truth.shape[0]} units, "
-                         f"family-wise over {len(ns)} n)", verdicts.below(lo, hi, 0.0)))
+                         f"family-wise over {len(ns)} n)",
+                         # a direction claim: a tie (the pick is the last n in every draw: [0, 0]) admits both
+                         verdicts.direction(lo, hi, -1, unit="", scale=1.0)))
     return rows
 
 
