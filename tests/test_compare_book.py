@@ -169,6 +169,21 @@ def test_the_decision_table_counts_claims_by_reason():
     assert not t.isna().any().any()
 
 
+def test_a_claim_the_profile_does_not_run_is_in_no_count_and_listed_under_full():
+    rows = [{"paper": "A", "claim": "c1", "model": "m", "verdict": "agrees: x", "counted": True},
+            {"paper": "A", "claim": "c2", "model": "m", "verdict": verdicts.not_run("attention: not swept"),
+             "counted": True}]
+    table = pd.DataFrame(rows).assign(**{c: "" for c in ("paper's number", "ours", "interval")})
+    t = compare.decision_table(table)
+    assert t.loc["A", ["claims", "decided"]].tolist() == [1, 1] and t.loc["all papers", "decided %"] == 100
+    assert compare.verdict_counts(table).loc["all papers", "total"] == 1
+    adds = compare.full_adds(table, "quick")
+    assert adds.iloc[0].tolist() == ["A", "c2", "m", "attention: not swept"]
+    # the full plan's notebooks the quick plan leaves out (e.g. painters on gemma3-270m)
+    assert ((adds["model"] == "gemma3-270m") & adds["claim"].str.contains("painters")).any()
+    assert len(compare.full_adds(table, "full")) == 1
+
+
 def test_a_constant_lens_is_named_and_left_out_of_the_correlations():
     frame = pd.DataFrame({"layer": [0, 1, 2, 3] * 3, "lens": ["a"] * 4 + ["b"] * 4 + ["flat"] * 4,
                           "value": [1, 2, 3, 4, 4, 3, 2, 1, 0, 0, 0, 0]})

@@ -65,15 +65,15 @@ def test_a_best_in_an_early_attention_matrix_disagrees_on_location(tmp_path):
     assert late["verdict"] == verdicts.DISAGREES and "q [W_q]" in late["ours"]
 
 
-def test_location_halves_the_grid_cannot_falsify_are_not_testable(tmp_path):
+def test_location_halves_the_grid_leaves_out_are_not_run(tmp_path):
     quick = results.ResultStore(tmp_path / "quick")  # MLP types only: the MLP half is forced
     sweep(quick, 16, 70, others=(("mlp_in", 1, 0.01, 8, 36),))
     (late,) = by_claim(quick, "late-layer MLP")
-    assert late["verdict"] == f"{verdicts.NOT_TESTABLE}: MLP half: only MLP matrices were swept"
+    assert late["verdict"].startswith(f"{verdicts.NOT_RUN}: MLP half: only MLP matrices were swept")
     smoke = results.ResultStore(tmp_path / "smoke")  # late MLP layers only: both halves forced
     sweep(smoke, 16, 70, others=())
     (late,) = by_claim(smoke, "late-layer MLP")
-    assert late["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: MLP half")
+    assert late["verdict"].startswith(f"{verdicts.NOT_RUN}: MLP half")
     assert "late half: only deeper-half layers were swept" in late["interval"]
 
 
@@ -141,11 +141,11 @@ def test_attention_reduces_with_little_harm_or_gain(tmp_path, attention, verdict
     assert row["verdict"] == verdict and "Holm" in row["interval"]
 
 
-def test_attention_claim_is_not_testable_without_attention_points(tmp_path):
+def test_attention_claim_is_not_run_without_attention_points(tmp_path):
     store = results.ResultStore(tmp_path)
     sweep(store, 16, 70, others=())
     (row,) = by_claim(store, "attention matrices")
-    assert row["verdict"] == f"{verdicts.NOT_TESTABLE}: no attention matrix was swept"
+    assert row["verdict"].startswith(f"{verdicts.NOT_RUN}: no attention matrix was swept (this grid: mlp_in")
 
 
 @pytest.mark.parametrize("shift, verdict", [(0.6, verdicts.AGREES), (0.0, verdicts.DISAGREES)])

@@ -42,3 +42,11 @@ def test_every_verdict_parses_to_one_word():
     for bad in ("not testable (the unmodified agent solves no test level)", "agree", "holds"):
         with pytest.raises(ValueError, match="is not one of"):
             v.word(bad)
+
+
+def test_a_claim_not_run_parses_but_is_no_verdict():
+    row = v.not_run("no attention matrix was swept")
+    assert v.word(row) == v.NOT_RUN and v.is_not_run(row) and v.NOT_RUN not in v.VERDICTS
+    assert not v.is_not_run(v.not_testable("no data", cause="no data"))
+    assert v.both(v.AGREES, row) == row and v.both(v.DISAGREES, row) == v.DISAGREES
+    assert v.both(row, v.not_testable("x")) == v.not_testable("x")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from layerlab.beyond import claims as beyond_claims
+from layerlab.book import build
 from layerlab.laser import claims as laser_claims
 from layerlab.laser.sokoban import claims as sokoban_claims
 from layerlab.painters import rows as painters_rows
@@ -82,9 +83,11 @@ def claim_words(table: pd.DataFrame) -> pd.DataFrame:
     secondary protocols of a model) are shown but not counted; the model of a labelled row
     ("m (seed 0)", "m (protocol ...)") is its name before the label. A claim with several
     counted rows (sizes, n) counts once: the word its testable rows share, inconclusive when
-    they differ, not testable when none is testable."""
+    they differ, not testable when none is testable. Rows whose verdict is "not run" are in
+    no count: they are listed by ``full_adds``."""
     words = table["verdict"].map(verdicts.word)
     counted = table["counted"].fillna(True).astype(bool) if "counted" in table else pd.Series(True, table.index)
+    counted &= words != verdicts.NOT_RUN  # a claim the profile does not run is in no count (``full_adds``)
     t = table.assign(word=words, model=table["model"].astype(str).str.split(" (", regex=False).str[0])[counted]
     rows = []
     for (paper, claim, model), g in t.groupby(["paper", "claim", "model"], sort=False):
@@ -123,6 +126,22 @@ def decision_table(table: pd.DataFrame) -> pd.DataFrame:
     out = out[[c for c in out.columns if c not in reasons or out[c].sum() > 0]]
     out["decided %"] = (100 * out["decided"] / out["claims"].where(out["claims"] > 0)).round(0).fillna(0).astype(int)
     return out
+
+
+def full_adds(table: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """What the full profile adds to a run of ``profile``: the claim rows this profile did
+    not run (verdict "not run: <what>"), then every (notebook, model) of the full plan that
+    this profile's plan leaves out. Columns: paper, claim, model, what full adds."""
+    rows = [{"paper": r["paper"], "claim": r["claim"], "model": r["model"],
+             "what full adds": r["verdict"].split(": ", 1)[-1]}
+            for _, r in table.iterrows() if verdicts.is_not_run(r["verdict"])]
+    if profile != "full" and profile in build.PLANS:
+        ran = {(t, m) for t, m, _ in build.PLANS[profile]}
+        for t, m, _ in build.PLANS["full"]:
+            if (t, m) not in ran:
+                rows.append({"paper": build.CHAPTER_OF.get(t, t), "claim": f"every claim of the {t} notebook",
+                             "model": m, "what full adds": "the notebook on this model (not in this profile's plan)"})
+    return pd.DataFrame(rows, columns=["paper", "claim", "model", "what full adds"])
 
 
 def verdict_counts(table: pd.DataFrame) -> pd.DataFrame:

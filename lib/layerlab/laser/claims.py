@@ -91,8 +91,8 @@ def location(t: pd.DataFrame, items: pd.DataFrame, n_layers: int) -> dict:
 
     MLP half: the best MLP reduction against the best attention reduction;
     late half: the best deeper-half reduction against the best shallower-half one.
-    A half the grid cannot falsify (only MLP types, or only late layers, swept) is not
-    testable, with the reason. Two comparisons: 97.5% intervals (Holm's first step, which
+    A half this grid leaves out (only MLP types, or only late layers, swept) is "not run"
+    (``verdicts.not_run``), with the reason: the full grid runs it. Two comparisons: 97.5% intervals (Holm's first step, which
     keeps the union "either half fails" at 95%). Returns {ours, interval, verdict}."""
     singles = t[t.matrix_type != "base"]
     mlp, late = singles.matrix_type.isin(MLP_TYPES), singles.layer >= n_layers / 2
@@ -102,7 +102,8 @@ def location(t: pd.DataFrame, items: pd.DataFrame, n_layers: int) -> dict:
     parts, texts = [], []
     for name, (mask, only_in, only_out) in halves.items():
         if mask.all() or not mask.any():
-            parts.append(verdicts.not_testable(f"{name} half: {only_in if mask.all() else only_out}"))
+            parts.append(verdicts.not_run(f"{name} half: {only_in if mask.all() else only_out} "
+                                          "(the full grid sweeps every matrix type at every layer)"))
             texts.append(parts[-1].split(": ", 1)[1])
             continue
         a, b = _val_best(singles, mask), _val_best(singles, ~mask)
@@ -121,7 +122,9 @@ def attention_harmless(t: pd.DataFrame, items: pd.DataFrame, margin: float = ATT
     Holm-adjusted interval (m points) lies wholly outside it; inconclusive otherwise."""
     att = t[t.matrix_type.isin(ATTENTION_TYPES)]
     if not len(att):
-        return {"ours": "", "interval": "", "verdict": verdicts.not_testable("no attention matrix was swept")}
+        return {"ours": "", "interval": "", "verdict": verdicts.not_run(
+            f"no attention matrix was swept (this grid: {', '.join(sorted(set(t.matrix_type) - {'base'}))}; "
+            "the full grid sweeps every matrix type)")}
     rho = float(att.rho.min())
     points = att[att.rho == rho].drop_duplicates(["matrix_type", "layer"])
     base = _test_items(items, _key(t, "base", -1, 1.0))
@@ -149,7 +152,7 @@ def accuracy_and_loss(t: pd.DataFrame, items: pd.DataFrame, best) -> dict:
         return {"ours": "", "interval": "", "verdict": verdicts.not_testable(NONE_CHOSEN)}
     kb, kc = _key(t, "base", -1, 1.0), _key(t, best.matrix_type, best.layer, best.rho)
     if "nll" not in items or items.loc[items.key.isin([kb, kc]), "nll"].isna().any():
-        return {"ours": "", "interval": "", "verdict": verdicts.not_testable("no per-item nll stored")}
+        return {"ours": "", "interval": "", "verdict": verdicts.not_testable("no per-item nll stored", cause="no data")}
     acc_txt, alo, ahi = _delta(_test_items(items, kb), _test_items(items, kc))
     dn, nlo, nhi = stats.paired_t(_items(items, kb, column="nll"), _items(items, kc, column="nll"))
     return {"ours": f"{best.matrix_type}@{best.layer}, rho {best.rho}",

@@ -29,6 +29,9 @@ VERDICTS = (AGREES, DISAGREES, INCONCLUSIVE, NOT_TESTABLE)
 # why a claim cannot be tested here: the data are absent, the unmodified model is at chance,
 # the grid run here has no point that could falsify it, or the reference it is judged against is noise
 CAUSES = ("no data", "model at chance", "grid cannot falsify", "truth too noisy")
+# a claim this profile leaves out (its grid never runs what the claim needs): not a verdict, so
+# it is in no count; the comparison page lists it under what the full profile adds
+NOT_RUN = "not run"
 
 
 def above(lo: float, hi: float, threshold: float = 0.0) -> str:
@@ -50,10 +53,10 @@ def below(lo: float, hi: float, threshold: float = 0.0) -> str:
 
 
 def word(verdict: str) -> str:
-    """The one of ``VERDICTS`` a verdict string starts with ("not testable: <reason>" ->
-    "not testable"); ValueError for anything else (a verdict that parses to no word
+    """The one of ``VERDICTS`` (or ``NOT_RUN``) a verdict string starts with ("not testable:
+    <reason>" -> "not testable"); ValueError for anything else (a verdict that parses to no word
     would drop out of every count)."""
-    for w in VERDICTS:
+    for w in (*VERDICTS, NOT_RUN):
         if verdict == w or verdict.startswith(f"{w}: "):
             return w
     raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)} (optionally 'word: reason')")
@@ -67,6 +70,17 @@ def not_testable(reason: str, cause: str | None = None) -> str:
     if cause not in CAUSES:
         raise ValueError(f"cause: {cause!r} is not one of {', '.join(CAUSES)}")
     return f"{NOT_TESTABLE}: {cause}: {reason}"
+
+
+def not_run(what: str) -> str:
+    """The row of a claim this profile does not run, with what would run it ("not run:
+    attention matrices: the quick grid sweeps mlp_in, mlp_out"). ``word`` gives ``NOT_RUN``;
+    the comparison page leaves such rows out of every count (``is_not_run``)."""
+    return f"{NOT_RUN}: {what}"
+
+
+def is_not_run(verdict: str) -> bool:
+    return verdict == NOT_RUN or verdict.startswith(f"{NOT_RUN}: ")
 
 
 def cause(verdict: str) -> str | None:
@@ -156,8 +170,8 @@ def non_inferior(lo: float, hi: float, margin: float, unit: str = "pp", scale: f
 def both(*verdicts: str) -> str:
     """A claim made of several parts that must all hold: disagrees if any part
     disagrees (even when another part is not testable: one falsified part falsifies the
-    claim), otherwise not testable if any part is (with its reason), agrees only if every
-    part agrees, otherwise inconclusive."""
+    claim), otherwise not testable if any part is (with its reason), not run if a part is
+    not run, agrees only if every part agrees, otherwise inconclusive."""
     if not verdicts:
         raise ValueError("both: needs at least one verdict")
     words = [word(v) for v in verdicts]
@@ -165,4 +179,6 @@ def both(*verdicts: str) -> str:
         return DISAGREES
     if NOT_TESTABLE in words:
         return next(v for v in verdicts if word(v) == NOT_TESTABLE)
+    if NOT_RUN in words:
+        return next(v for v in verdicts if word(v) == NOT_RUN)
     return AGREES if all(w == AGREES for w in words) else INCONCLUSIVE
