@@ -131,7 +131,7 @@ def test_curves_without_item_rows_are_not_testable(tmp_path):
            for n, v in ((0, 0.7), (3, 0.69), (6, 0.25))]
     store.put("prune", "k1", pd.DataFrame(acc).assign(technique="prune", split="test", n_items=100))
     (row,) = prune_claims.claim_rows(store)
-    assert row["verdict"] == f"{verdicts.NOT_TESTABLE}: {prune_claims.NO_ITEMS}"
+    assert row["verdict"] == f"{verdicts.NOT_TESTABLE}: no data: {prune_claims.NO_ITEMS}"
 
 
 def test_claim_rows_never_mix_protocols(tmp_path):

@@ -170,12 +170,12 @@ def hinostroza_rows(truth: np.ndarray, crits: dict[str, np.ndarray], ns, model: 
             s = span_stats(truth, crits[name], j, counts_t, counts_c)
             lo, hi = interval(s["spearman_draws"], conf)
             undefined = stats.undefined_share(s["spearman_draws"])
-            verdict = (verdicts.not_testable(f"{100 * undefined:.0f}% of draws have a constant map")
+            verdict = (verdicts.not_testable(f"{100 * undefined:.0f}% of draws have a constant map", cause="truth too noisy")
                        if undefined > stats.MAX_UNDEFINED else verdicts.below(lo, hi, papers.HINOSTROZA_STRONG))
             if verdicts.word(verdict) == verdicts.AGREES and s["truth_stability"] < STABLE:
                 verdict = verdicts.not_testable(f"the true-cost ranking of the spans is unstable under resampling "
                                                 f"(stability {s['truth_stability']:.2f} < {STABLE}): a weak "
-                                                "correlation may be noise")
+                                                "correlation may be noise", cause="truth too noisy")
             rows.append(_row(papers.HINOSTROZA, f"{LABELS[name]} vs true cost ({truth_name}), n = {n}: "
                              f"weak-to-moderate rank correlation", papers.HINOSTROZA_WEAK_CORRELATION, model,
                              f"Spearman {s['spearman']:+.2f} over {s['m']} starts, {truth.shape[0]} units "

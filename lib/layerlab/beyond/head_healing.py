@@ -192,7 +192,7 @@ def judge(items: pd.DataFrame, dataset: str, metric: str, method: str, n: int) -
                                                                              method, n)
     common = lora.index.intersection(head.index)
     if not len(common):
-        return {"ours": "", "interval": "", "verdict": verdicts.not_testable("no item measured for both healers")}
+        return {"ours": "", "interval": "", "verdict": verdicts.not_testable("no item measured for both healers", cause="no data")}
     a, b = lora.loc[common].to_numpy(float), head.loc[common].to_numpy(float)
     if metric == "loss_norm":
         d, lo, hi = stats.paired_t(a, b)

@@ -85,8 +85,10 @@ def claims(points: pd.DataFrame, items: pd.DataFrame, model: str) -> list[dict]:
             ns = sorted(n for (m, n) in ratio if m == "attn" and (comp, n) in ratio
                         and all(abs(ratio[(x, n)] - 1) <= PARAM_TOLERANCE for x in ("attn", comp)))
             if floor is not None or not ns:
-                rows.append(row | {"verdict": verdicts.not_testable(floor or "no block count where the sublayer "
-                                   f"arm's parameters are within {100 * PARAM_TOLERANCE:.0f}% of the blocks'")})
+                rows.append(row | {"verdict": verdicts.not_testable(f"floor: {floor}", cause="model at chance")
+                                   if floor is not None else verdicts.not_testable(
+                                       "no block count where the sublayer arm's parameters are within "
+                                       f"{100 * PARAM_TOLERANCE:.0f}% of the blocks'", cause="grid cannot falsify")})
                 continue
             conf = stats.holm_confidence(len(ns))
             res, shifts = {}, []

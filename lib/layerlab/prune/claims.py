@@ -76,7 +76,7 @@ def deep_end(best: pd.DataFrame, n_layers: int, docs: pd.DataFrame | None = None
     k, m = int(((sub["l*"] + sub["n"] / 2) >= n_layers / 2).sum()), len(sub)
     ours = f"{k} of {m} block sizes n = 1..{n_layers // 2} ({100 * k / m:.0f}%) have l*(n) in the deeper half"
     if docs is None or "doc" not in docs or not len(docs):
-        return {"verdict": verdicts.not_testable(NO_DOCS), "share": k / m, "ours": ours, "interval": ""}
+        return {"verdict": verdicts.not_testable(NO_DOCS, cause="no data"), "share": k / m, "ours": ours, "interval": ""}
     _, draws = _doc_draws(docs, n_layers, n_boot, seed)
     lo, hi = np.quantile(_deep_share(draws, n_layers), [0.025, 0.975])
     shares = _deep_share(draws, n_layers)
@@ -92,7 +92,7 @@ def final_block_distinct(docs: pd.DataFrame | None, n_layers: int, n_boot: int =
     the largest distance of any other single block, with a percentile interval over
     resampled documents (``verdicts.above`` 0)."""
     if docs is None or "doc" not in docs or not len(docs):
-        return {"verdict": verdicts.not_testable(NO_DOCS), "ours": "", "interval": ""}
+        return {"verdict": verdicts.not_testable(NO_DOCS, cause="no data"), "ours": "", "interval": ""}
     mean, draws = _doc_draws(docs, n_layers, n_boot, seed)
     gap = lambda m: m[..., 1, n_layers - 1] - np.nanmax(m[..., 1, : n_layers - 1], axis=-1)  # noqa: E731
     lo, hi = np.quantile(gap(draws), [0.025, 0.975])
@@ -121,7 +121,7 @@ def _row(claim: str, number: str, model: str, judged: dict) -> dict:
 
 
 def _untested(claim: str, number: str, model: str, why: str) -> dict:
-    return _row(claim, number, model, {"ours": "", "interval": "", "verdict": verdicts.not_testable(why)})
+    return _row(claim, number, model, {"ours": "", "interval": "", "verdict": verdicts.not_testable(why, cause="no data")})
 
 
 def curve_rows(curve: pd.DataFrame, model: str, items: pd.DataFrame | None = None,

@@ -47,7 +47,7 @@ def _moves_with(solved: tuple[float, float, float], ret: tuple[float, float, flo
     rate does not move detectably (its interval holds 0)."""
     (_, slo, shi), (_, rlo, rhi) = solved, ret
     if np.isnan([slo, shi, rlo, rhi]).any():
-        return verdicts.not_testable("no per-level rows stored")
+        return verdicts.not_testable("no per-level rows stored", cause="no data")
     if slo <= 0 <= shi:
         return verdicts.not_testable("the solved rate does not move detectably (its interval holds 0)")
     return verdicts.above(rlo, rhi) if slo > 0 else verdicts.below(rlo, rhi)
@@ -102,7 +102,7 @@ def claim_rows(store: results.ResultStore, n_boot: int = 2000) -> list[dict]:
             solved = ret = (float("nan"),) * 3
             rows.append({"paper": "LASER", "claim": CLAIM, "paper's number": paper,
                          "model": f"{label} ({len(changes)} seeds pooled)", "ours": "", "interval": "",
-                         "verdict": verdicts.not_testable("no per-level rows stored"), "counted": True})
+                         "verdict": verdicts.not_testable("no per-level rows stored", cause="no data"), "counted": True})
         elif pooled:
             ds = [c[0] for c in changes.values()]
             solved = (float(np.concatenate(ds).mean()), *_percentile(hierarchical_draws(ds, n_boot)))
