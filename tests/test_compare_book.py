@@ -52,7 +52,7 @@ def test_claims_report_the_paired_difference_and_a_verdict(tmp_path):
     assert late["verdict"] == "agrees"
     deep = table[table.claim.str.contains("deep end")].iloc[0]
     # l*(n) = 4 - n: both block sizes sit at the deep end; means over documents cannot be resampled
-    assert "2 of 2" in deep["ours"] and deep["verdict"].startswith("not testable: the distances are stored as means")
+    assert "2 of 2" in deep["ours"] and deep["verdict"].startswith("not testable: no data: the distances are stored as means")
     greedy = table[table.claim.str.contains("composing")].iloc[0]  # judged against the best single reduction
     assert "best single 30.0% → composed 40.0% (2 reductions" in greedy["ours"] and greedy["verdict"] == "agrees"
     assert "+10.0 pp" in greedy["interval"]

@@ -5,7 +5,7 @@ import torch
 
 from layerlab.painters import grid as painters, encoder as painters_encoder, run as painters_run
 from layerlab.core.io import results
-from layerlab.core.model import runner, schedule
+from layerlab.core.model import runner
 from layerlab.painters.grid import Spec
 from tiny import N_LAYERS, tiny_batch, tiny_model
 

@@ -34,7 +34,9 @@ def test_middle_contrast_is_middle_minus_ends():
                                                      (0.2, 0.7, 20, verdicts.DISAGREES),
                                                      (0.5, 0.5, 4, verdicts.INCONCLUSIVE)])
 def test_shared_space_is_a_paired_contrast(inner, ends, n, verdict):
-    assert pcx.shared_space(pcx.middle_contrast(sims(n, inner, ends)), "m")["verdict"] == verdict
+    row = pcx.shared_space(pcx.middle_contrast(sims(n, inner, ends)), "m")
+    assert verdicts.word(row["verdict"]) == verdict
+    assert row["n"] == n and "paired t" in row["statistic"] and row["mde"] and row["n_needed"] is None
 
 
 def test_a_high_absolute_cosine_is_no_longer_enough(tmp_path):
@@ -43,12 +45,12 @@ def test_a_high_absolute_cosine_is_no_longer_enough(tmp_path):
                                                         "dataset": "wikitext2", "split": "test",
                                                         "metric": "mean_middle_cosine", "value": [0.9, 0.95],
                                                         "n_items": 1}))
-    assert pcx.stored_contrast(store, "m")["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: only absolute")
+    assert pcx.stored_contrast(store, "m")["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: no data: only absolute")
     store.put("painters_similarity", "c", pd.DataFrame({"model": "m", "technique": "painters_similarity",
                                                         "dataset": "wikitext2", "split": "test",
                                                         "metric": pcx.CONTRAST, "value": [0.2, 0.25, 0.3],
                                                         "n_items": 1, "doc": [0, 1, 2]}))
-    assert pcx.stored_contrast(store, "m")["verdict"] == verdicts.AGREES
+    assert verdicts.word(pcx.stored_contrast(store, "m")["verdict"]) == verdicts.AGREES
 
 
 @pytest.mark.parametrize("ends, verdict", [(0.5, verdicts.AGREES), (0.0, verdicts.DISAGREES)])
@@ -60,12 +62,14 @@ def test_ends_needed(tmp_path, ends, verdict):
     store.put("painters_layer", "k", pd.DataFrame(rows).assign(model="m", technique="painters_layer",
                                                                dataset="wikitext2", split="test",
                                                                metric="delta_loss_norm", n_items=1))
-    assert pcx.ends_needed(store, "m")["verdict"] == verdict
+    row = pcx.ends_needed(store, "m")
+    assert verdicts.word(row["verdict"]) == verdict and row["n"] == 10 and row["n_needed"] is None
     means = pd.DataFrame(rows).groupby(["layer", "variant"], as_index=False)["value"].mean()
     store2 = results.ResultStore(tmp_path / "means")
     store2.put("painters_layer", "k", means.assign(model="m", technique="painters_layer", dataset="wikitext2",
                                                    split="test", metric="delta_loss_norm", n_items=1))
-    assert pcx.ends_needed(store2, "m")["verdict"].startswith(verdicts.NOT_TESTABLE)
+    assert verdicts.cause(pcx.ends_needed(store2, "m")["verdict"]) == "no data"
+    assert pcx.ends_needed(results.ResultStore(tmp_path / "none"), "m")["verdict"].startswith(verdicts.NOT_RUN)
 
 
 def encoder_items(accs, n=300, seed=0, tasks=("sst2", "rte")):
@@ -88,14 +92,16 @@ def encoder_items(accs, n=300, seed=0, tasks=("sst2", "rte")):
                                                      (0.82, 40, verdicts.INCONCLUSIVE)])
 def test_encoder_claim_on_paired_items(variant_acc, n, verdict):
     t = encoder_items({("base", 0, 1): 0.9, ("skip", 2, 1): variant_acc, ("reverse", 2, 1): variant_acc}, n=n)
-    (row,) = pcx.encoder_claim(t, "enc", n_boot=500)
-    assert row["verdict"] == verdict, row
+    (row,) = pcx.encoder_claim(t, "enc")
+    assert verdicts.word(row["verdict"]) == verdict, row
+    assert row["n"] == 2 * n and row["mde"].endswith("pp") and row["n_needed"] is None
+    assert "unmodified − variants" in row["interval"] and "variants − chance" in row["interval"]
 
 
 def test_encoder_at_chance_is_not_testable():
     t = encoder_items({("base", 0, 1): 0.5, ("skip", 2, 1): 0.45})
-    (row,) = pcx.encoder_claim(t, "enc", n_boot=200)
-    assert row["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: the unmodified encoder is below the floor")
+    (row,) = pcx.encoder_claim(t, "enc")
+    assert row["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: model at chance: the unmodified encoder is below the floor")
 
 
 def test_encoder_rows_read_the_points_items_from_the_store(tmp_path):
@@ -112,7 +118,7 @@ def test_encoder_rows_read_the_points_items_from_the_store(tmp_path):
                                                          **meta}])
     table = store.table(painters_encoder.TECHNIQUE)
     (row,) = painters_rows.encoder_rows(table, "enc", store)
-    assert row["verdict"] == verdicts.AGREES
+    assert verdicts.word(row["verdict"]) == verdicts.AGREES
     (row,) = painters_rows.encoder_rows(table, "enc")
     assert row["verdict"].startswith(verdicts.NOT_TESTABLE)
-    assert [r["verdict"] for r in painters_rows.claim_rows(store)] == [verdicts.AGREES]
+    assert [verdicts.word(r["verdict"]) for r in painters_rows.claim_rows(store)] == [verdicts.AGREES]

@@ -1,8 +1,8 @@
-"""Transformer Layers as Painters (Sun et al. 2024): ``grid`` (schedules on benchmarks), ``run`` (the chapter pipeline), ``contrasts`` (paired contrasts), ``encoder`` (the encoder lens), ``claims`` (the rules), ``rows`` (the comparison page's rows), ``distributed`` (its schedules as Ray shards)."""
+"""Transformer Layers as Painters (Sun et al. 2024): ``grid`` (schedules on benchmarks), ``run`` (the chapter pipeline), ``contrasts`` (paired contrasts), ``encoder`` (the encoder lens), ``claims`` (the rules), ``paired`` (paired tests on per-item accuracies), ``rows`` (the comparison page's rows), ``distributed`` (its schedules as Ray shards)."""
 
 import importlib
 
-SUBMODULES = ("claims", "contrasts", "distributed", "encoder", "grid", "rows", "run")
+SUBMODULES = ("claims", "contrasts", "distributed", "encoder", "grid", "paired", "rows", "run")
 
 
 def __getattr__(name: str):

@@ -1,128 +1,37 @@
-"""The Painters claims, each judged by one function on bootstrap intervals over items.
+"""The Painters decoder claims, each judged by one function on paired tests of the stored
+per-item accuracies (``painters.paired``).
 
-Summary statistic (paper): per benchmark, normalised = (acc - chance) / (unmodified acc -
-chance); a variant's score is the median across benchmarks. Intervals: percentile
-bootstrap that resamples ITEMS within each benchmark (the same resample for every variant
-and the unmodified model, so differences of medians are paired), recomputing accuracies,
-normalised scores and medians each draw.
+Primary statistic, declared: accuracy (each benchmark's main metric), pooled over the items of
+the benchmarks on which the unmodified model clears the floor (``stats.informative``) and every
+variant the claim compares ran. The paper states no number for these claims (Figs. 4, 6-10 are
+plots), so each is a direction test: ``n_needed`` is None and an inconclusive verdict carries the
+MDE at this n. A claim made of orderings agrees when every ordering's 95% interval excludes 0
+(intersection-union), disagrees when Holm over its parts rejects a reversed one.
 
-Random order (several order seeds): seed is a second resampling level. Each draw resamples
-the seeds with replacement as well as the items; the random variant's accuracy is the mean
-over the drawn seeds of their accuracies on the drawn items. Per-seed intervals are never averaged.
-
-Benchmarks: the paper's five (ARC, HellaSwag, GSM8K, WinoGrande, LAMBADA); ARC counts once
-in a median (ARC-Easy and ARC-Challenge averaged), GSM8K is in the medians where the variant
-ran on it. A benchmark enters only when the unmodified model clears the floor
-(``stats.informative``).
-
-An ordering agrees where the 95% interval of the paired difference lies above 0; a claim
-made of several orderings disagrees where one is reversed on its Holm-adjusted interval.
-Not testable (with the reason) when every benchmark is below the floor, a variant was not
-run, or more than 1% of the bootstrap draws are undefined (a resampled unmodified model at
-chance makes the normalised score undefined: such draws are counted, never dropped silently).
-The shared-space, layer-skip and encoder claims live in ``painters_contrasts``.
+A claim whose variants, benchmark or sizes this profile does not run is ``verdicts.not_run``
+(in no count); one whose data cannot decide is ``not testable`` with a cause from
+``verdicts.CAUSES``. The normalised score (acc - chance) / (base - chance) and its median over
+benchmarks stay the figures' summary (``grid.normalise``); no decision divides by a base.
+The shared-space, layer-skip and encoder claims live in ``painters.contrasts``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from layerlab.core.eval import evaluation
 from layerlab.core.evidence import stats, verdicts
 from layerlab.core.evidence.papers import PAINTERS, PAINTERS_CLAIMS
+from .paired import BASE, Z80, Part, Scores, compare, columns, excess_over_chance, mean_t, union
 
 COLUMNS = ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"]
-N_BOOT = 2000
+POWER_KEYS = ["n", "statistic", "mde", "n_needed"]
 LOOPS_CLAIMED = 3  # Fig. 9: looped parallel with 3 iterations
-BASE = ("base", 0, 1)
+GSM8K = "gsm8k"
+SIMILARITY = "painters_similarity"  # per-document similarity rows (metric "middle_contrast": see painters.contrasts)
+NO_POWER = {"n": None, "statistic": "", "mde": "", "n_needed": None}
 
-
-class Bootstrap:
-    """Paired bootstrap draws of normalised scores from one model's per-item rows
-    (``painters.ITEMS``: dataset, item, value, variant, affected, loops, order_seed).
-
-    Labels are (variant, affected, loops); the unmodified model is ("base", 0, 1)."""
-
-    def __init__(self, items: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0, chance: dict | None = None):
-        self.n_boot, self.rng = n_boot, np.random.default_rng(seed)
-        self.chance = evaluation.CHANCE if chance is None else chance
-        self.mats: dict[str, dict[tuple, np.ndarray]] = {}   # dataset -> label -> [seeds, items]
-        self.counts: dict[str, np.ndarray] = {}
-        self._norm: dict[tuple, tuple[float, np.ndarray]] = {}
-        items = items.assign(loops=items["loops"].astype(int), affected=items["affected"].astype(int))
-        for ds, part in items.groupby("dataset"):
-            base = part[part.variant == "base"]
-            if not len(base):
-                continue
-            ids = np.sort(base["item"].unique())
-            mats = {}
-            for label, g in part.groupby(["variant", "affected", "loops"]):
-                m = g.pivot_table(index="order_seed", columns="item", values="value", aggfunc="mean")
-                if set(ids) <= set(m.columns):
-                    mats[tuple(label)] = m[ids].to_numpy(float)
-            n = len(ids)
-            self.mats[ds] = mats
-            self.counts[ds] = self.rng.multinomial(n, np.full(n, 1 / n), size=n_boot)
-
-    def informative(self, ds: str) -> bool:
-        """The unmodified model clears the floor on ``ds`` (``stats.informative``: Wilson
-        lower bound above chance + a margin; generation: at least 20 items solved)."""
-        m = self.mats[ds][BASE]
-        return stats.informative(int(round(m.mean() * m.shape[1])), m.shape[1], self.chance[ds])[0]
-
-    def has(self, ds: str, label: tuple) -> bool:
-        return ds in self.mats and label in self.mats[ds]
-
-    def normalised(self, ds: str, label: tuple) -> tuple[float, np.ndarray]:
-        """(point, [n_boot] draws) of the normalised score of ``label`` on ``ds``."""
-        if (ds, label) not in self._norm:
-            chance = self.chance[ds]
-            acc = {}
-            for lab in (BASE, label):
-                m = self.mats[ds][lab]                              # [S, n]
-                per_seed = self.counts[ds] @ m.T / m.shape[1]       # [n_boot, S]
-                pick = self.rng.integers(0, m.shape[0], size=(self.n_boot, m.shape[0]))
-                acc[lab] = (m.mean(), np.take_along_axis(per_seed, pick, 1).mean(1))
-            (bp, bd), (vp, vd) = acc[BASE], acc[label]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                draws = np.where(bd - chance > 0, (vd - chance) / (bd - chance), np.nan)
-            self._norm[(ds, label)] = ((vp - chance) / (bp - chance), draws)
-        return self._norm[(ds, label)]
-
-    def median(self, label: tuple, benchmarks: list[str]) -> tuple[float, np.ndarray]:
-        """(point, draws) of the median normalised score across the paper's benchmarks
-        among ``benchmarks``: ARC counts once (the mean of ARC-Easy's and ARC-Challenge's
-        normalised scores when both ran). A draw that is undefined on one benchmark is NaN."""
-        families: dict[str, list] = {}
-        for ds in benchmarks:
-            families.setdefault("arc" if ds.startswith("arc") else ds, []).append(self.normalised(ds, label))
-        pts = [np.mean([p for p, _ in f]) for f in families.values()]
-        draws = np.vstack([np.mean(np.vstack([d for _, d in f]), axis=0) for f in families.values()])
-        return float(np.median(pts)), np.median(draws, axis=0)
-
-    def benchmarks(self, labels: list[tuple], exclude=()) -> list[str]:
-        """Informative benchmarks (not in ``exclude``) on which every label was run."""
-        return [d for d in sorted(self.mats) if d not in exclude and self.informative(d)
-                and all(self.has(d, lab) for lab in labels)]
-
-
-def undefined(draws: np.ndarray) -> str | None:
-    """Not testable when over ``stats.MAX_UNDEFINED`` of the draws are NaN (undefined), else None."""
-    share = stats.undefined_share(draws)
-    if share > stats.MAX_UNDEFINED:
-        return verdicts.not_testable(f"{100 * share:.1f}% of bootstrap draws undefined (> 1%): the resampled "
-                                     "unmodified model falls to chance")
-    return None
-
-
-def interval(draws: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of bootstrap draws (NaN draws left out: callers check ``undefined``)."""
-    d = draws[~np.isnan(draws)]
-    if not len(d):
-        return (float("nan"), float("nan"))
-    lo, hi = np.quantile(d, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(lo), float(hi)
+__all__ = ["BASE", "COLUMNS", "Scores", "best_loops_grow", "least_degrading", "looped_parallel",
+           "middle_repeat_worst", "not_all_needed", "order", "parallel_between", "parallel_gsm8k"]
 
 
 def _name(label: tuple) -> str:
@@ -133,158 +42,186 @@ def _label(variant: str, a: int) -> tuple:
     return (variant, a, LOOPS_CLAIMED if variant == "looped_parallel" else 1)
 
 
-def _row(key: str, model: str, ours: str, interval_txt: str, verdict: str) -> dict:
-    return {"paper": PAINTERS, "claim": PAINTERS_CLAIMS[key], "paper's number": PAINTERS_CLAIMS[key].rsplit("(", 1)[-1].rstrip(")"),
-            "model": model, "ours": ours, "interval": interval_txt, "verdict": verdict}
+def _row(key: str, model: str, ours: str, interval_txt: str, verdict: str, cols: dict | None = None) -> dict:
+    """A claim row: ``COLUMNS`` then the power keys (``NO_POWER`` unless given)."""
+    verdicts.word(verdict)  # a verdict no count can read is a bug here, not on the page
+    return {"paper": PAINTERS, "claim": PAINTERS_CLAIMS[key],
+            "paper's number": PAINTERS_CLAIMS[key].rsplit("(", 1)[-1].rstrip(")"),
+            "model": model, "ours": ours, "interval": interval_txt, "verdict": verdict} | (cols or NO_POWER)
 
 
-def _untestable(boot: Bootstrap, labels: list[tuple]) -> str | None:
-    """The reason a comparison of ``labels`` cannot be tested, or None."""
-    if not any(boot.informative(d) for d in boot.mats if d != "gsm8k"):
-        return f"{verdicts.NOT_TESTABLE}: the unmodified model is at chance on every benchmark"
-    missing = [_name(l) for l in labels if not any(boot.has(d, l) for d in boot.mats)]
+def _blocked(scores: Scores, labels: list[tuple], a: int, exclude=()) -> str | None:
+    """Why ``labels`` cannot be compared (a verdict), or None."""
+    if not any(scores.informative(d) for d in scores.mats if d not in exclude):
+        return verdicts.not_testable("the unmodified model is below the floor on every benchmark",
+                                     cause="model at chance")
+    missing = [_name(lab) for lab in labels if not scores.ran(lab)]
     if missing:
-        return f"{verdicts.NOT_TESTABLE}: {', '.join(missing)} not run"
-    if not boot.benchmarks(labels):
-        return f"{verdicts.NOT_TESTABLE}: no above-chance benchmark where all of them ran"
+        return verdicts.not_run(f"{', '.join(missing)} at {a} layers (not in this profile's grid)")
+    if not scores.benchmarks(labels, exclude):
+        return verdicts.not_testable("no benchmark above the floor on which all of them ran", cause="no data")
     return None
 
 
-def _diffs(boot: Bootstrap, pairs: list[tuple[tuple, tuple]], a: int) -> tuple[str, list[str], list[str]]:
-    """For each (better, worse) pair: the medians text, the difference's interval text and
-    the verdict of "better > worse" (paired over the same benchmarks and draws): agrees when
-    the 95% interval lies above 0; disagrees when the Holm-adjusted interval (m pairs: the
-    union "some pair is reversed") lies at or below 0; not testable with too many undefined draws."""
-    labels = sorted({l for p in pairs for l in p})
-    bench = boot.benchmarks(labels)
-    med = {l: boot.median(l, bench) for l in labels}
-    conf = stats.holm_confidence(len(pairs))
-    ivs, vs = [], []
-    for hi_l, lo_l in pairs:
-        d = med[hi_l][1] - med[lo_l][1]
-        lo, hi = interval(d)
-        alo, ahi = interval(d, conf)
-        ivs.append(f"{_name(hi_l)} − {_name(lo_l)}: {med[hi_l][0] - med[lo_l][0]:+.2f} [{lo:+.2f}, {hi:+.2f}]")
-        vs.append(undefined(d) or (verdicts.AGREES if lo > 0 else verdicts.DISAGREES if ahi <= 0
-                                   else verdicts.INCONCLUSIVE))
-    if len(pairs) > 1:
-        ivs.append(f"reversals judged on Holm-adjusted intervals over {len(pairs)} pairs")
-    texts = [f"{_name(l)} {med[l][0]:.2f}" for l in labels]
-    return f"{a} layers, median of {len(bench)} benchmarks: " + ", ".join(texts), ivs, vs
+def _accuracies(scores: Scores, labels: list[tuple], bench: list[str]) -> str:
+    n = sum(scores.mats[d][BASE].shape[1] for d in bench)
+    acc = ", ".join(f"{_name(lab)} {100 * scores.pooled(lab, bench).mean():.1f}%" for lab in labels)
+    return f"accuracy pooled over {', '.join(bench)} ({n} items): {acc}"
 
 
-def ordering(boot: Bootstrap, key: str, model: str, a: int, pairs: list[tuple[tuple, tuple]]) -> dict:
-    """A claim made of orderings "better > worse" at ``a`` affected layers (``_diffs``),
-    combined with ``verdicts.both``."""
-    reason = _untestable(boot, sorted({l for p in pairs for l in p}))
-    if reason:
-        return _row(key, model, f"{a} layers", "", reason)
-    ours, ivs, vs = _diffs(boot, pairs, a)
-    return _row(key, model, ours, "; ".join(ivs), verdicts.both(*vs))
+def ordering(scores: Scores, key: str, model: str, a: int, pairs: list[tuple[tuple, tuple]]) -> dict:
+    """A claim made of orderings "better > worse" at ``a`` affected layers, each a paired
+    comparison on the items of the benchmarks where every label ran (``paired.compare``),
+    combined by ``paired.union``."""
+    labels = list(dict.fromkeys(lab for p in pairs for lab in p))
+    blocked = _blocked(scores, labels, a)
+    if blocked:
+        return _row(key, model, f"{a} layers", "", blocked)
+    bench = scores.benchmarks(labels)
+    parts = [compare(scores, b, w, bench, f"{_name(b)} − {_name(w)}") for b, w in pairs]
+    return _row(key, model, f"{a} layers, {_accuracies(scores, labels, bench)}", "; ".join(p.text() for p in parts),
+                union(parts), columns(parts, bench))
 
 
-def middle_repeat_worst(boot: Bootstrap, model: str, a: int) -> dict:
-    """The comparison of all variants: every other variant run at ``a`` scores above middle repeat."""
-    others = sorted({l for ds in boot.mats for l in boot.mats[ds] if l[1] == a and l[0] != "middle_repeat"
-                     and (l[0] != "looped_parallel" or l[2] == LOOPS_CLAIMED)})
+def _run_at(scores: Scores, a: int, exclude: tuple) -> list[tuple]:
+    """The variants run at ``a`` layers (looped parallel: k = 3 only), not in ``exclude``."""
+    return sorted(lab for lab in scores.labels() if lab[1] == a and lab[0] not in ("base",) + exclude
+                  and (lab[0] != "looped_parallel" or lab[2] == LOOPS_CLAIMED))
+
+
+def middle_repeat_worst(scores: Scores, model: str, a: int) -> dict:
+    """Every other variant run at ``a`` (skip, reverse, random, parallel, looped k = 3) scores
+    above middle repeat: up to 5 parts."""
+    others = _run_at(scores, a, ("middle_repeat",))
     if not others:
-        return _row("middle_repeat_worst", model, f"{a} layers", "", f"{verdicts.NOT_TESTABLE}: no other variant run")
-    return ordering(boot, "middle_repeat_worst", model, a, [(o, _label("middle_repeat", a)) for o in others])
+        return _row("middle_repeat_worst", model, f"{a} layers", "", verdicts.not_run("no other variant at this size"))
+    return ordering(scores, "middle_repeat_worst", model, a, [(o, _label("middle_repeat", a)) for o in others])
 
 
-def order(boot: Bootstrap, model: str, a: int) -> dict:
-    """Figs. 6-7: random > reverse and reverse > skip."""
+def order(scores: Scores, model: str, a: int) -> dict:
+    """Figs. 6-7: random > reverse and reverse > skip (2 parts)."""
     r, v, s = (_label(x, a) for x in ("random", "reverse", "skip"))
-    return ordering(boot, "order", model, a, [(r, v), (v, s)])
+    return ordering(scores, "order", model, a, [(r, v), (v, s)])
 
 
-def looped_parallel(boot: Bootstrap, model: str, a: int) -> dict:
-    """Fig. 9: looped parallel (k = 3) > a single parallel pass."""
-    return ordering(boot, "looped_parallel", model, a, [(_label("looped_parallel", a), _label("parallel", a))])
+def looped_parallel(scores: Scores, model: str, a: int) -> dict:
+    """Fig. 9: looped parallel (k = 3) > a single parallel pass (1 part)."""
+    return ordering(scores, "looped_parallel", model, a, [(_label("looped_parallel", a), _label("parallel", a))])
 
 
-def parallel_between(boot: Bootstrap, model: str, a: int) -> dict:
-    """The comparison of all variants: parallel > skip and reverse > parallel."""
+def parallel_between(scores: Scores, model: str, a: int) -> dict:
+    """The comparison of all variants: parallel > skip and reverse > parallel (2 parts)."""
     p, s, r = (_label(x, a) for x in ("parallel", "skip", "reverse"))
-    return ordering(boot, "parallel_between", model, a, [(p, s), (r, p)])
+    return ordering(scores, "parallel_between", model, a, [(p, s), (r, p)])
 
 
-def least_degrading(boot: Bootstrap, model: str, a: int) -> dict:
-    """Q8: looped parallel (k = 3) and random order each score above every other variant run at ``a``."""
+def least_degrading(scores: Scores, model: str, a: int) -> dict:
+    """Q8: looped parallel (k = 3) and random order each score above every other variant run
+    at ``a`` (skip, middle repeat, reverse, parallel): up to 8 parts."""
     best = [_label("looped_parallel", a), _label("random", a)]
-    others = sorted({l for ds in boot.mats for l in boot.mats[ds] if l[1] == a and l[0] not in
-                     ("looped_parallel", "random", "base")})
+    others = _run_at(scores, a, ("looped_parallel", "random"))
     if not others:
-        return _row("least_degrading", model, f"{a} layers", "", verdicts.not_testable("no other variant run"))
-    return ordering(boot, "least_degrading", model, a, [(b, o) for b in best for o in others])
+        return _row("least_degrading", model, f"{a} layers", "", verdicts.not_run("no other variant at this size"))
+    return ordering(scores, "least_degrading", model, a, [(b, o) for b in best for o in others])
 
 
-def not_all_needed(boot: Bootstrap, model: str, a: int) -> dict:
-    """Fig. 4: skipping ``a`` middle layers keeps the median normalised score above chance
-    (0) but below the unmodified model (1): graceful, not free."""
+def not_all_needed(scores: Scores, model: str, a: int) -> dict:
+    """Fig. 4: skipping ``a`` middle layers is graceful, not free: skip scores below the
+    unmodified model (Tango) and above chance (the common excess over each benchmark's
+    chance, stratified Wilson score interval): 2 parts."""
     lab = _label("skip", a)
-    reason = _untestable(boot, [lab])
-    if reason:
-        return _row("not_all_needed", model, f"{a} layers", "", reason)
-    bench = boot.benchmarks([lab])
-    p, d = boot.median(lab, bench)
-    lo, hi = interval(d)
-    if undefined(d):
-        return _row("not_all_needed", model, f"{a} layers", "", undefined(d))
-    return _row("not_all_needed", model, f"{a} layers skipped: median normalised {p:.2f} ({len(bench)} benchmarks)",
-                f"[{lo:.2f}, {hi:.2f}]", verdicts.both(verdicts.above(lo, hi, 0.0), verdicts.below(lo, hi, 1.0)))
+    blocked = _blocked(scores, [lab], a)
+    if blocked:
+        return _row("not_all_needed", model, f"{a} layers", "", blocked)
+    bench = scores.benchmarks([lab])
+    y = scores.pooled(lab, bench)[0]
+    k = [scores.mats[d][lab][0].sum() for d in bench]
+    n = [scores.mats[d][lab].shape[1] for d in bench]
+    e, lo, hi, p, mde = excess_over_chance(k, n, [scores.chance[d] for d in bench])
+    parts = [compare(scores, BASE, lab, bench, "unmodified − skip"),
+             Part("skip − chance", e, lo, hi, p, len(y), mde, "stratified Wilson score interval of the excess over chance")]
+    return _row("not_all_needed", model, f"{a} layers skipped, {_accuracies(scores, [BASE, lab], bench)}",
+                "; ".join(q.text() for q in parts), union(parts), columns(parts, bench))
 
 
-def parallel_gsm8k(boot: Bootstrap, model: str, a: int) -> dict:
-    """Fig. 8: parallel's normalised GSM8K score is below its median on the other benchmarks."""
+def parallel_gsm8k(scores: Scores, model: str, a: int) -> dict:
+    """Fig. 8: parallel keeps less of the unmodified model's GSM8K accuracy than of its
+    accuracy above chance elsewhere: N_g < N_o without dividing, T = p_vg (p_bo - c_o) -
+    (p_vo - c_o) p_bg < 0 (v parallel, b unmodified, g GSM8K, o the other benchmarks pooled;
+    c chance, 0 on GSM8K). The interval is the delta method's, with each benchmark's items
+    paired between the two models: se^2 = var(u)/n_g + var(w)/n_o for the per-item
+    linearisations u (GSM8K) and w (the others)."""
+    from scipy.stats import norm
+
     lab = _label("parallel", a)
-    if "gsm8k" not in boot.mats:
-        return _row("parallel_gsm8k", model, "", "", f"{verdicts.NOT_TESTABLE}: GSM8K not run")
-    if not boot.informative("gsm8k"):
-        return _row("parallel_gsm8k", model, "", "", f"{verdicts.NOT_TESTABLE}: the unmodified model is at chance on GSM8K")
-    reason = _untestable(boot, [lab])
-    if reason or not boot.has("gsm8k", lab):
-        return _row("parallel_gsm8k", model, f"{a} layers", "", reason or f"{verdicts.NOT_TESTABLE}: parallel not run on GSM8K")
-    gp, gd = boot.normalised("gsm8k", lab)
-    bench = boot.benchmarks([lab], exclude=("gsm8k",))
-    if not bench:
-        return _row("parallel_gsm8k", model, f"{a} layers", "",
-                    verdicts.not_testable("no other above-floor benchmark where parallel ran"))
-    mp, md = boot.median(lab, bench)
-    if undefined(md - gd):
-        return _row("parallel_gsm8k", model, f"{a} layers", "", undefined(md - gd))
-    lo, hi = interval(md - gd)
-    return _row("parallel_gsm8k", model, f"{a} layers parallel: GSM8K {gp:.2f} vs median of others {mp:.2f}",
-                f"others − GSM8K: {mp - gp:+.2f} [{lo:+.2f}, {hi:+.2f}]", verdicts.above(lo, hi))
+    key = "parallel_gsm8k"
+    if GSM8K not in scores.mats:
+        return _row(key, model, "", "", verdicts.not_run("GSM8K (not in this profile's benchmarks)"))
+    n_g = scores.mats[GSM8K][BASE].shape[1]
+    if n_g < stats.MIN_CORRECT_GENERATION:
+        return _row(key, model, "", "", verdicts.not_testable(
+            f"GSM8K runs {n_g} items; the floor needs {stats.MIN_CORRECT_GENERATION} solved", cause="grid cannot falsify"))
+    ok, why = scores.floor(GSM8K)
+    if not ok:
+        return _row(key, model, "", "", verdicts.not_testable(why, cause="model at chance"))
+    if not scores.has(GSM8K, lab):
+        return _row(key, model, f"{a} layers", "", verdicts.not_run(f"parallel on GSM8K at {a} layers"))
+    blocked = _blocked(scores, [lab], a, exclude=(GSM8K,))
+    if blocked:
+        return _row(key, model, f"{a} layers", "", blocked)
+    bench = scores.benchmarks([lab], exclude=(GSM8K,))
+    vg, bg = scores.mats[GSM8K][lab][0], scores.mats[GSM8K][BASE][0]
+    c = scores.chance_of(bench)
+    vo, bo = scores.pooled(lab, bench)[0] - c, scores.pooled(BASE, bench)[0] - c
+    A, B, C, D = vg.mean(), bo.mean(), vo.mean(), bg.mean()
+    t = A * B - C * D
+    u, w = B * vg - C * bg, A * bo - D * vo   # dT per GSM8K item, per other item
+    se = float(np.sqrt(u.var(ddof=1) / len(u) + w.var(ddof=1) / len(w)))
+    z, nan = float(norm.ppf(0.975)), float("nan")
+    p = float(2 * norm.sf(abs(t) / se)) if se > 0 else nan
+    lo, hi = (-t - z * se, -t + z * se) if se > 0 else (nan, nan)
+    part = Part("−T", -t, lo, hi, p, len(u) + len(w), (z + Z80) * se if se > 0 else nan,
+                "delta-method z on T = p_vg(p_bo − c_o) − (p_vo − c_o)p_bg", unit="(T)", scale=1.0)
+    cols = columns([part], bench + [GSM8K]) | {"statistic": part.statistic + ", accuracy"}
+    ours = (f"{a} layers parallel: GSM8K {100 * A:.1f}% of unmodified {100 * D:.1f}%; others (pooled, "
+            f"{', '.join(bench)}) {100 * C:+.1f} of {100 * B:+.1f} pp above chance")
+    return _row(key, model, ours, f"−T = {-t:+.4f} [{lo:+.4f}, {hi:+.4f}] (> 0: GSM8K keeps less), p = {p:.2g}",
+                union([part]), cols)
 
 
-def best_loops_grow(boot: Bootstrap, model: str) -> dict:
-    """Fig. 10: the best loop count (argmax over k of the median) at the largest parallel
-    size exceeds that at the smallest; interval of the difference of argmax k over draws."""
-    sizes = {}
-    for ds in boot.mats:
-        for v, a, k in boot.mats[ds]:
-            if v in ("parallel", "looped_parallel"):
-                sizes.setdefault(a, set()).add(k)
-    sizes = {a: sorted(ks) for a, ks in sizes.items() if len(ks) > 1}
+def _loop_sizes(scores: Scores) -> dict[int, set[int]]:
+    sizes: dict[int, set[int]] = {}
+    for v, a, k in scores.labels():
+        if v in ("parallel", "looped_parallel"):
+            sizes.setdefault(a, set()).add(k)
+    return sizes
+
+
+def best_loops_grow(scores: Scores, model: str) -> dict:
+    """Fig. 10, operationalised: the gain of k_max loops over one parallel pass is larger at the
+    largest parallel size than at the smallest. Per pooled item, (y[A, k_max] - y[A, 1]) -
+    (y[a, k_max] - y[a, 1]) (values in -2..2), one-sample t against 0; k_max the largest loop
+    count run at both sizes."""
+    key = "best_loops_grow"
+    sizes = {a: ks for a, ks in _loop_sizes(scores).items() if 1 in ks and len(ks) > 1}
     if len(sizes) < 2:
-        return _row("best_loops_grow", model, "", "", f"{verdicts.NOT_TESTABLE}: needs two sizes with two or more loop counts")
-    best = {}
-    for a in (min(sizes), max(sizes)):
-        labs = [("parallel" if k == 1 else "looped_parallel", a, k) for k in sizes[a]]
-        bench = boot.benchmarks(labs)
-        if not bench:
-            return _row("best_loops_grow", model, "", "", f"{verdicts.NOT_TESTABLE}: no above-chance benchmark")
-        meds = [boot.median(l, bench) for l in labs]
-        gone = undefined(np.where(np.isnan(np.vstack([m[1] for m in meds])).any(0), np.nan, 0.0))
-        if gone:
-            return _row("best_loops_grow", model, "", "", gone)
-        ks = np.array(sizes[a])
-        best[a] = (int(ks[np.argmax([m[0] for m in meds])]), ks[np.argmax(np.vstack([m[1] for m in meds]), axis=0)])
-    (a0, (k0, d0)), (a1, (k1, d1)) = sorted(best.items())
-    lo, hi = interval((d1 - d0).astype(float))
-    return _row("best_loops_grow", model, f"best k: {k0} at {a0} layers, {k1} at {a1} layers",
-                f"k({a1}) − k({a0}): [{lo:+.0f}, {hi:+.0f}]", verdicts.above(lo, hi))
+        return _row(key, model, "", "", verdicts.not_run("two parallel sizes, each with one pass and a loop count > 1"))
+    a0, a1 = min(sizes), max(sizes)
+    common = sorted(sizes[a0] & sizes[a1] - {1})
+    if not common:
+        return _row(key, model, "", "", verdicts.not_run(f"a loop count > 1 run at both {a0} and {a1} layers"))
+    k = common[-1]
+    labs = [("parallel", a, 1) for a in (a0, a1)] + [("looped_parallel", a, k) for a in (a0, a1)]
+    bench = scores.benchmarks(labs)
+    if not bench:
+        blocked = _blocked(scores, labs, a1)
+        return _row(key, model, "", "", blocked or verdicts.not_testable("no benchmark above the floor", cause="no data"))
+    y = {lab: scores.pooled(lab, bench)[0] for lab in labs}
+    gain = {a: y[("looped_parallel", a, k)] - y[("parallel", a, 1)] for a in (a0, a1)}
+    d, lo, hi, p, mde = mean_t(gain[a1] - gain[a0])
+    part = Part(f"gain({a1}) − gain({a0})", d, lo, hi, p, len(gain[a0]), mde, "paired t over items")
+    cols = columns([part], bench) | {"mde": "" if np.isnan(mde) else f"{100 * mde:.3g} pp"}
+    ours = (f"gain of k={k} loops over one pass: {100 * gain[a0].mean():+.1f} pp at {a0} layers, "
+            f"{100 * gain[a1].mean():+.1f} pp at {a1} layers ({len(gain[a0])} items, {', '.join(bench)})")
+    return _row(key, model, ours, part.text(), union([part]), cols)
 
-
-SIMILARITY = "painters_similarity"  # per-document similarity rows (metric "middle_contrast": see painters_contrasts)

@@ -1,5 +1,5 @@
 """Painters claims judged on per-document contrasts, and the encoder claim on per-item
-rows: where the decoders' median bootstrap (``painters_claims``) does not apply.
+rows: where the decoders' paired accuracy comparisons (``painters.claims``) do not apply.
 
 - shared space (Fig. 3): per document, the mean cosine between different middle layers
   minus the mean cosine between a middle layer and the first or last layer, on centred
@@ -7,8 +7,12 @@ rows: where the decoders' median bootstrap (``painters_claims``) does not apply.
   contrast is not a test: anisotropic hidden states make every cosine high.
 - the ends are needed (Sec. 3.1): per document, the loss increase from skipping the first
   or last block minus the mean increase from skipping one middle block; paired t.
-- the encoder (appendix): per-item correctness of the fixed head, resampled like the
-  decoders' items, normalised against the unmodified encoder on each GLUE task.
+- the encoder (appendix): per item, the mean over the variants run at a size of the fixed
+  head's 0/1 correctness; below the unmodified encoder (paired t) and above chance (t),
+  pooled over the GLUE tasks above the floor.
+
+Every row carries n (documents or items), statistic, mde and n_needed (None: the paper
+states no number, so these are direction tests).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from layerlab.core.evidence import stats, verdicts
-from .claims import BASE, N_BOOT, SIMILARITY, Bootstrap, _row, interval, undefined
+from layerlab.core.evidence import power, stats, verdicts
+from .claims import SIMILARITY, _row
+from .paired import BASE, Part, Scores, columns, mean_t, union
 
 CONTRAST = "middle_contrast"   # metric of the per-document contrast rows in SIMILARITY
 LAYER_TABLE = "painters_layer"
@@ -47,10 +52,21 @@ def shared_space(doc_contrast, model: str) -> dict:
     (``middle_contrast``) has its paired t 95% interval above 0."""
     x = np.asarray(doc_contrast if doc_contrast is not None else [], float)
     if len(x) < 2:
-        return _row("shared_space", model, "", "", verdicts.not_testable("no per-document contrast measured"))
+        return _row("shared_space", model, "", "", verdicts.not_testable("no per-document contrast measured", cause="no data"))
     d, lo, hi = stats.paired_t(np.zeros_like(x), x)
+    cols = _t_columns(x, "paired t over documents, middle-middle minus middle-ends cosine", "(cosine)")
     return _row("shared_space", model, f"middle-middle minus middle-ends cosine {d:+.3f} ({len(x)} documents, "
-                f"centred states)", f"[{lo:+.3f}, {hi:+.3f}] vs 0 (paired t)", verdicts.above(lo, hi))
+                f"centred states)", f"[{lo:+.3f}, {hi:+.3f}] vs 0 (paired t)",
+                verdicts.direction(lo, hi, unit="(cosine)", scale=1.0, power_note=cols.pop("power_note")), cols)
+
+
+def _t_columns(x: np.ndarray, statistic: str, unit: str) -> dict:
+    """Power keys of a t test of the values [n] against 0 (MDE in the values' units) and the
+    note an inconclusive verdict carries."""
+    sd = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
+    mde = power.mde_paired_t(len(x), sd)
+    return {"n": len(x), "statistic": statistic, "mde": "" if np.isnan(mde) else f"{mde:.3g} {unit}",
+            "n_needed": None, "power_note": power.note(len(x), mde, None, unit=unit, scale=1.0)}
 
 
 def stored_contrast(store, model: str) -> dict:
@@ -62,7 +78,7 @@ def stored_contrast(store, model: str) -> dict:
     if not len(mine):
         return _row("shared_space", model, "", "", verdicts.not_testable(
             "only absolute middle-layer cosines are stored; the claim needs the per-document contrast "
-            "against the first and last layers on centred states"))
+            "against the first and last layers on centred states", cause="no data"))
     return shared_space(mine[mine.key == mine.groupby("key").size().idxmax()]["value"].to_numpy(), model)
 
 
@@ -82,15 +98,18 @@ def ends_needed(store, model: str) -> dict:
     t = store.table(LAYER_TABLE)
     mine = t[(t.model == model) & (t.variant == "skip")] if len(t) else t
     if not len(mine):
-        return _row("ends_needed", model, "", "", verdicts.not_testable(
-            "the per-layer skip lens did not run (the full profile runs it, or -p layer_sensitivity True)"))
+        return _row("ends_needed", model, "", "", verdicts.not_run(
+            "the per-layer skip lens (the full profile runs it, or -p layer_sensitivity True)"))
     if "doc" not in mine or mine["doc"].isna().all():
         return _row("ends_needed", model, "", "", verdicts.not_testable(
-            "per-layer skip costs are stored as means over documents; per-document costs are needed"))
+            "per-layer skip costs are stored as means over documents; per-document costs are needed",
+            cause="no data"))
     x = layer_skip_contrast(mine)
     d, lo, hi = stats.paired_t(np.zeros_like(x), x)
+    cols = _t_columns(x, "paired t over documents, ends minus middle skip cost", "(loss / log V)")
     return _row("ends_needed", model, f"ends minus middle skip cost {d:+.4f} ({len(x)} documents)",
-                f"[{lo:+.4f}, {hi:+.4f}] vs 0 (paired t)", verdicts.above(lo, hi))
+                f"[{lo:+.4f}, {hi:+.4f}] vs 0 (paired t)",
+                verdicts.direction(lo, hi, unit="(loss / log V)", scale=1.0, power_note=cols.pop("power_note")), cols)
 
 
 def one_sample(items: pd.DataFrame) -> pd.DataFrame:
@@ -112,34 +131,46 @@ def encoder_items(items: pd.DataFrame) -> pd.DataFrame:
         ["dataset", "item", "value", "variant", "affected", "loops", "order_seed"]]
 
 
-def encoder_claim(items: pd.DataFrame, model: str, n_boot: int = N_BOOT, seed: int = 0) -> list[dict]:
-    """Appendix: per affected size, the median over variants of each variant's median
-    normalised GLUE score (fixed head; tasks above the floor) lies above 0 (better than
-    chance) and below 1 (worse than the unmodified encoder): both on the paired item
-    bootstrap. Not testable below the floor or with > 1% undefined draws."""
+def encoder_claim(items: pd.DataFrame, model: str) -> list[dict]:
+    """Appendix: per affected size, the encoder with variants is worse than the unmodified one
+    and better than chance (fixed head). Per item of the GLUE tasks above the floor (pooled),
+    m_i = the mean over the variants run at that size (order seeds averaged) of the 0/1
+    correctness; parts: unmodified_i - m_i > 0 (paired t) and m_i - chance > 0 (t), both
+    95% intervals on the claimed side to agree, Holm over the two for a reversal."""
     from .encoder import CHANCE
 
     t = encoder_items(items)
     if not len(t):
-        return [_row("encoder", model, "", "", verdicts.not_testable("no per-item encoder rows"))]
-    boot = Bootstrap(t, n_boot, seed, chance=CHANCE)
-    bench = [d for d in sorted(boot.mats) if BASE in boot.mats[d] and boot.informative(d)]
+        return [_row("encoder", model, "", "", verdicts.not_testable("no per-item encoder rows", cause="no data"))]
+    scores = Scores(t, chance=CHANCE)
+    bench = [d for d in sorted(scores.mats) if BASE in scores.mats[d] and scores.informative(d)]
     if not bench:
         return [_row("encoder", model, "", "", verdicts.not_testable(
-            "the unmodified encoder is below the floor on every task"))]
+            "the unmodified encoder is below the floor on every task", cause="model at chance"))]
     rows = []
     for a in sorted({int(x) for x in t.loc[t.variant != "base", "affected"]}):
-        labels = sorted({lab for d in bench for lab in boot.mats[d] if lab[1] == a and
-                         all(lab in boot.mats[x] for x in bench)})
-        meds = [boot.median(lab, bench) for lab in labels]
-        point = float(np.median([m[0] for m in meds]))
-        draws = np.median(np.vstack([m[1] for m in meds]), axis=0)
-        gone = undefined(draws)
-        lo, hi = interval(draws)
-        rows.append(_row("encoder", model, f"{a} layers: median over {len(labels)} variants of the median normalised "
-                         f"score on {len(bench)} tasks: {point:.2f}", f"[{lo:.2f}, {hi:.2f}] (item bootstrap)",
-                         gone or verdicts.both(verdicts.above(lo, hi, 0.0), verdicts.below(lo, hi, 1.0))))
+        labels = sorted({lab for d in bench for lab in scores.mats[d] if lab[1] == a and
+                         all(lab in scores.mats[x] for x in bench)})
+        if not labels:
+            rows.append(_row("encoder", model, f"{a} layers", "", verdicts.not_testable(
+                "no variant ran on every task above the floor", cause="no data")))
+            continue
+        m = np.mean([scores.pooled(lab, bench).mean(0) for lab in labels], axis=0)   # [items]
+        base = scores.pooled(BASE, bench)[0]
+        parts = [Part("unmodified − variants", *_t(base - m), "paired t over items"),
+                 Part("variants − chance", *_t(m - scores.chance_of(bench)), "t over items")]
+        rows.append(_row("encoder", model, f"{a} layers: accuracy pooled over {', '.join(bench)} ({len(m)} items): "
+                         f"unmodified {100 * base.mean():.1f}%, mean of {len(labels)} variants {100 * m.mean():.1f}%",
+                         "; ".join(p.text() for p in parts), union(parts),
+                         columns(parts, bench) | {"statistic": f"t over items of the mean over {len(labels)} variants, "
+                                                               f"accuracy, {len(bench)} task(s); IUT / Holm over 2 parts"}))
     return rows
+
+
+def _t(x: np.ndarray) -> tuple:
+    """(diff, lo, hi, p, n, mde) of a one-sample t over items, for ``Part``."""
+    d, lo, hi, p, mde = mean_t(x)
+    return d, lo, hi, p, len(x), mde
 
 
 def encoder_rows(store, model: str, table: pd.DataFrame | None = None) -> list[dict]:
@@ -148,7 +179,7 @@ def encoder_rows(store, model: str, table: pd.DataFrame | None = None) -> list[d
     from .encoder import ITEMS
 
     if store is None:
-        return [_row("encoder", model, "", "", verdicts.not_testable("the per-item rows need the results store"))]
+        return [_row("encoder", model, "", "", verdicts.not_testable("the per-item rows need the results store", cause="no data"))]
     items = store.table(ITEMS)
     if len(items) and table is not None and "key" in table:
         items = items[items["key"].isin(set(table["key"]))]

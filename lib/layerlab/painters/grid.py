@@ -100,7 +100,7 @@ def evaluate_specs(model: nn.Module, tokenizer, model_name: str, store: results.
                    batch_size: int = 16) -> pd.DataFrame:
     """lm-eval rows of ``model`` run with each spec's schedule on its tasks, one stored
     point per (spec, task); each point's per-item main-metric scores are stored under
-    ``ITEMS`` with the same key (the bootstrap intervals of ``painters_claims`` resample
+    ``ITEMS`` with the same key (the paired tests of ``painters.paired`` pair variants on
     them). The missing points are computed prefix-shared (``prefix_eval.lm_eval_edits``:
     the blocks before a schedule's first changed position run once for all specs), one
     evaluation per (limit, task list); generation (GSM8K) runs on each scheduled model."""
@@ -167,7 +167,7 @@ def normalise(table: pd.DataFrame) -> pd.DataFrame:
     (value - chance) / (base - chance), random-order seeds' point values averaged (their
     spread kept as ``seed_sd``; ``ci_low``/``ci_high`` are NOT averaged across seeds: they
     are the pooled-seed Wilson interval of the pooled accuracy). Intervals for claims come
-    from ``painters_claims`` (bootstrap over items and seeds)."""
+    from ``painters.paired`` (paired per item; seeds as a second level)."""
     keep = informative(table)
     main = main_rows(table)
     main = main[main.dataset.isin(keep)].copy()

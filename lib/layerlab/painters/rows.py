@@ -1,6 +1,7 @@
 """The Painters rows of the comparison page: the decoder claims per model and protocol on
-the per-item rows (``claims``), the shared-space and ends contrasts and the encoder claim
-(``contrasts``)."""
+the per-item accuracies (``claims``, paired tests of ``paired``), the shared-space and ends
+contrasts and the encoder claim (``contrasts``). Every row has ``claims.COLUMNS`` and the power
+keys n, statistic, mde, n_needed."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ import pandas as pd
 from layerlab.core.model import schedule
 from layerlab.core.evidence import verdicts
 from layerlab.painters import encoder as painters_encoder, grid as painters
-from layerlab.painters.claims import (N_BOOT, Bootstrap, _row, best_loops_grow, least_degrading, looped_parallel,
+from layerlab.painters.claims import (Scores, _row, best_loops_grow, least_degrading, looped_parallel,
                                       middle_repeat_worst, not_all_needed, order, parallel_between, parallel_gsm8k)
 from layerlab.painters.contrasts import ends_needed, one_sample, shared_space, stored_contrast
 from layerlab.painters.contrasts import encoder_rows as _encoder_rows
 
 
-def model_rows(items: pd.DataFrame, model: str, doc_cosines=None, n_boot: int = N_BOOT, seed: int = 0,
-               doc_contrast=None) -> list[dict]:
+def model_rows(items: pd.DataFrame, model: str, doc_cosines=None, doc_contrast=None) -> list[dict]:
     """Every decoder claim for one model's per-item rows, one row per claim and size; the
     shared-space row from ``doc_contrast`` [docs] (``painters_contrasts.middle_contrast``).
     Absolute per-document cosines (``doc_cosines``) are no test: that row is not testable."""
@@ -24,18 +24,18 @@ def model_rows(items: pd.DataFrame, model: str, doc_cosines=None, n_boot: int = 
         return []
     # the paper's claims compare the paper's variants: sublayer variants, when run, are shown, not judged
     items = one_sample(items[items.variant.isin(("base",) + schedule.VARIANTS)])
-    boot = Bootstrap(items, n_boot, seed)
+    scores = Scores(items)
     sizes = sorted({int(a) for a in items.loc[items.variant != "base", "affected"]})
     rows = ([shared_space(doc_contrast, model)] if doc_contrast is not None else
             [_row("shared_space", model, "", "", verdicts.not_testable(
-                "an absolute cosine has no contrast; needs middle_contrast per document"))]
+                "an absolute cosine has no contrast; needs middle_contrast per document", cause="no data"))]
             if doc_cosines is not None else [])
     for a in sizes:
-        rows += [not_all_needed(boot, model, a), middle_repeat_worst(boot, model, a), order(boot, model, a),
-                 parallel_between(boot, model, a), looped_parallel(boot, model, a), least_degrading(boot, model, a)]
+        rows += [not_all_needed(scores, model, a), middle_repeat_worst(scores, model, a), order(scores, model, a),
+                 parallel_between(scores, model, a), looped_parallel(scores, model, a), least_degrading(scores, model, a)]
     gsm = sorted({int(a) for a in items.loc[(items.dataset == "gsm8k") & (items.variant == "parallel"), "affected"]})
-    rows += [parallel_gsm8k(boot, model, a) for a in (gsm or sizes[len(sizes) // 2:][:1])]
-    return rows + [best_loops_grow(boot, model)]
+    rows += [parallel_gsm8k(scores, model, a) for a in (gsm or sizes[len(sizes) // 2:][:1])]
+    return rows + [best_loops_grow(scores, model)]
 
 
 PROTOCOL_COLUMNS = ("runtime", "runtime_id", "code_version")

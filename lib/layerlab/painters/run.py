@@ -172,11 +172,11 @@ QUESTIONS = [  # the paper's eight questions and the claims that answer them
 ]
 
 
-def answers(out: dict, model: str, doc_contrast=None, n_boot: int = painters_claims.N_BOOT) -> str:
+def answers(out: dict, model: str, doc_contrast=None) -> str:
     """Markdown: the eight questions, each answered by the claim rows of
     ``painters_rows.model_rows`` at the middle affected size (the same functions and
     thresholds as the comparison chapter); ``doc_contrast`` from ``similarity``."""
-    rows = painters_rows.model_rows(out["items"], model, n_boot=n_boot, doc_contrast=doc_contrast)
+    rows = painters_rows.model_rows(out["items"], model, doc_contrast=doc_contrast)
     a_mid = out["affected"][len(out["affected"]) // 2]
     by_claim = {}
     for r in rows:
