@@ -200,3 +200,11 @@ def test_paper_names():
     assert laser_claims.paper_name("mlp_in", gated=False) == "mlp_in [U_in]"
     assert laser_claims.paper_name("mlp_out", gated=False) == "mlp_out [U_out]"
 
+
+
+def test_the_quick_grid_can_falsify_the_location_and_attention_claims():
+    from layerlab.laser import sweep as laser_sweep
+
+    cfg = laser_sweep.profile_config("quick", 30, ("q", "k", "v", "o", "gate", "mlp_in", "mlp_out"))
+    assert min(cfg["layers"]) < 15 <= max(cfg["layers"]) and 29 in cfg["layers"]
+    assert set(cfg["matrix_types"]) & {"q", "k", "v", "o"} and set(cfg["matrix_types"]) & {"mlp_in", "mlp_out"}

@@ -207,3 +207,8 @@ def test_encoder_evaluate_stores_points_and_items_and_resumes(tmp_path):
     again = painters_encoder.evaluate(model, tok, "tiny", store, specs, limit=30, tasks=("sst2", "stsb"))
     pd.testing.assert_frame_equal(t, again)  # read back, not recomputed
     assert len(painters_encoder.glue_average(t)) == 3
+
+
+def test_a_profile_can_run_one_size_of_the_spread():
+    assert painters_run.sizes(30, None, [0.27]) == [8] and painters_run.sizes(28, None, [0.27]) == [8]
+    assert painters_run.PROFILES["quick"]["spread"] == [0.27]

@@ -32,8 +32,10 @@ QWEN = "qwen2.5-coder-1.5b"
 # deepest quarter. Its healing, payoff and Painters runs are in the full profile.
 QWEN_QUICK = [
     # gate (gate_proj) is what the official LASER code reduces as U_in (fc_in) in Llama-family MLPs
-    ("laser", QWEN, {"datasets": ["counterfact"], "layers": list(range(21, 28)),
-                     "matrix_types": ["gate", "mlp_in", "mlp_out"], "greedy_layers": list(range(21, 28))}),
+    # one rho at the quick profile's 400 CounterFact items: the same item-points as 4 rhos at 100 (#29)
+    ("laser", QWEN, {"datasets": ["counterfact"], "layers": list(range(21, 28)), "rhos": [0.01],
+                     "matrix_types": ["gate", "mlp_in", "mlp_out"], "greedy_layers": list(range(21, 28)),
+                     "greedy_rhos": [0.01]}),
     ("prune", QWEN, {"eval_tasks": ["mmlu"], "heuristic_tasks": ["mmlu"], "limit": 100,
                      "fractions": [0, 0.1, 0.2, 0.3, 0.4, 0.5], "heal": False, "payoff_fractions": []}),
 ]
