@@ -90,19 +90,32 @@ def _base(n: int) -> dict:
     return {"ours": "", "interval": "", "n": n, "statistic": "", "mde": "", "n_needed": None}
 
 
+def _region(items: pd.DataFrame, dataset: str, chance: float, model: str, n_layers: int | None, method: str,
+            which: str) -> tuple[np.ndarray, np.ndarray, list[int], tuple[float, float, str], dict | None]:
+    """The curve (``_curve``), the column indices of its ``which`` region ("flat" or
+    "fallen"), the model's band, and the row to return instead when the claim cannot be
+    judged there (None when it can)."""
+    lo_f, hi_f, label = band(model)
+    m, fr, why = _curve(items, dataset, chance, n_layers, method)
+    if why:
+        return m, fr, [], (lo_f, hi_f, label), _base(len(m)) | {"verdict": why}
+    flat, fallen = regions(fr, lo_f, hi_f)
+    idx = flat if which == "flat" else fallen
+    if not idx:
+        edge = (f"at or below {lo_f - BAND_SLACK:.2f}" if which == "flat" else f"at or above {hi_f + BAND_SLACK:.2f}")
+        return m, fr, idx, (lo_f, hi_f, label), _base(len(m)) | {"verdict": verdicts.not_testable(
+            f"no grid fraction {edge} ({label})", cause="grid cannot falsify")}
+    return m, fr, idx, (lo_f, hi_f, label), None
+
+
 def holds(items: pd.DataFrame, dataset: str, chance: float, model: str = "", n_layers: int | None = None,
           method: str = "similarity") -> dict:
     """Accuracy holds over the flat region: at every flat point the paired change against
     the unpruned model (Tango) is non-inferior with HOLD_MARGIN (``verdicts.non_inferior``);
     agrees when all points agree, disagrees when one disagrees at the Bonferroni level."""
-    lo_f, hi_f, label = band(model)
-    m, fr, why = _curve(items, dataset, chance, n_layers, method)
-    if why:
-        return _base(len(m)) | {"verdict": why}
-    flat, _ = regions(fr, lo_f, hi_f)
-    if not flat:
-        return _base(len(m)) | {"verdict": verdicts.not_testable(
-            f"no grid fraction at or below {lo_f - BAND_SLACK:.2f} ({label})", cause="grid cannot falsify")}
+    m, fr, flat, (lo_f, _, label), untested = _region(items, dataset, chance, model, n_layers, method, "flat")
+    if untested:
+        return untested
     conf = stats.holm_confidence(len(flat))
     parts, texts = [], []
     for j in flat:
@@ -127,14 +140,9 @@ def falls(items: pd.DataFrame, dataset: str, chance: float, model: str = "", n_l
     """Accuracy is at chance over the fallen region: every fallen point's Wilson interval
     lies within chance ± CHANCE_MARGIN (agrees); disagrees when one point's Bonferroni-level
     interval lies wholly above chance + CHANCE_MARGIN; else inconclusive."""
-    lo_f, hi_f, label = band(model)
-    m, fr, why = _curve(items, dataset, chance, n_layers, method)
-    if why:
-        return _base(len(m)) | {"verdict": why}
-    _, fallen = regions(fr, lo_f, hi_f)
-    if not fallen:
-        return _base(len(m)) | {"verdict": verdicts.not_testable(
-            f"no grid fraction at or above {hi_f + BAND_SLACK:.2f} ({label})", cause="grid cannot falsify")}
+    m, fr, fallen, (_, hi_f, label), untested = _region(items, dataset, chance, model, n_layers, method, "fallen")
+    if untested:
+        return untested
     conf, n = stats.holm_confidence(len(fallen)), len(m)
     inside, above, texts = [], [], []
     for j in fallen:

@@ -184,18 +184,11 @@ def load(name_or_path: str, dtype: str | torch.dtype = "auto", device: str | tor
         "float16" (or a torch.dtype). Both are checked before anything is read. device
         "meta": the architecture without weights, for planning (``weightless``).
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
     if str(device) == "meta":
         return weightless(name_or_path, dtype)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    source = resolve(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except OSError as err:
-        raise _config_error(name_or_path, source, err) from None
-    auto = AutoModel if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
+    source, _, auto = _config_and_class(name_or_path)
     placement = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
     model = auto.from_pretrained(source, dtype=torch_dtype, **placement).eval()
     if torch_device.type != "cuda":
@@ -207,23 +200,30 @@ def load(name_or_path: str, dtype: str | torch.dtype = "auto", device: str | tor
     return model, tokenizer
 
 
+def _config_and_class(name_or_path: str):
+    """(source, config, auto class) of a model: its resolved folder or id, its config (a
+    clear error naming the parameter when it has none) and the transformers class it loads
+    as (``AutoModel`` for BERT-style encoders, else ``AutoModelForCausalLM``)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    source = resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise _config_error(name_or_path, source, err) from None
+    return source, config, AutoModel if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
+
+
 def weightless(name_or_path: str, dtype: str | torch.dtype):
     """(model, tokenizer): ``name_or_path``'s architecture built from its config on the meta
     device in ``dtype`` (a concrete dtype: "auto" depends on the device that will compute),
     with ``layerlab_weights`` set as ``models.load`` sets it, and the real tokenizer. No
     weights are read and the runner is not checked: it is for validation and planning
     (``arch``, ``rank.validate``, parameter counts), and cannot compute."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
     if not isinstance(dtype, torch.dtype) and dtype not in DTYPES:
         raise ValueError(f"dtype: {dtype!r} for a weightless model must be one of {', '.join(DTYPES)}")
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else DTYPES[dtype]
-    source = resolve(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except OSError as err:
-        raise _config_error(name_or_path, source, err) from None
-    auto = AutoModel if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
+    source, config, auto = _config_and_class(name_or_path)
     with torch.device("meta"):
         model = auto.from_config(config, dtype=torch_dtype).eval()
     model.layerlab_weights = fingerprint(name_or_path)
