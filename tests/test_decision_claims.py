@@ -97,4 +97,4 @@ def test_return_moves_with_the_solved_rate(tmp_path, laser_ret, verdict):
     store2 = results.ResultStore(tmp_path / "flat")
     put_seed(store2, 0, 40, 41)
     (row,) = by_claim(decision_claims.claim_rows(store2), decision_claims.RETURN_CLAIM)
-    assert row["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: the solved rate does not move")
+    assert row["verdict"].startswith(f"{verdicts.NOT_TESTABLE}: grid cannot falsify: the solved rate does not move")

@@ -116,7 +116,8 @@ def test_greedy_is_judged_against_the_best_single_reduction(tmp_path, composed_t
     put_point(store, [("mlp_in", 3, 0.01), ("mlp_in", 2, 0.1)], 18, composed_test)
     put_point(store, [("mlp_in", 3, 0.01), ("mlp_in", 2, 0.1), ("mlp_out", 1, 0.1)], 17, 80)  # worse on val
     (greedy,) = by_claim(store, "greedy")
-    assert greedy["verdict"] == verdict and "chosen on validation" in greedy["ours"]
+    assert verdicts.word(greedy["verdict"]) == verdict and "chosen on validation" in greedy["ours"]
+    assert "direction only" in greedy["verdict"] and greedy["n"] == 80
     assert "best single 87.5%" in greedy["ours"] and "2 reductions" in greedy["ours"]
 
 
@@ -124,7 +125,7 @@ def test_greedy_row_is_always_emitted(tmp_path):
     store = results.ResultStore(tmp_path)
     sweep(store, 16, 70)
     (greedy,) = by_claim(store, "greedy")
-    assert greedy["verdict"] == f"{verdicts.NOT_TESTABLE}: greedy kept one reduction or none (no composition stored)"
+    assert greedy["verdict"] == f"{verdicts.NOT_TESTABLE}: grid cannot falsify: greedy kept one reduction or none (no composition stored)"
 
 
 @pytest.mark.parametrize("attention, verdict", [((500, 500), verdicts.AGREES), ((500, 300), verdicts.DISAGREES),
@@ -138,7 +139,8 @@ def test_attention_reduces_with_little_harm_or_gain(tmp_path, attention, verdict
     put_point(store, [("k", 2, 0.01)], 100, attention[1], **kw)
     put_point(store, [("k", 2, 0.5)], 100, 100, **kw)  # not the heaviest reduction: not judged
     (row,) = by_claim(store, "attention matrices")
-    assert row["verdict"] == verdict and "Holm" in row["interval"]
+    assert verdicts.word(row["verdict"]) == verdict and "Holm" in row["interval"]
+    assert row["verdict"].startswith(f"{verdict}: ") and "points" in row["verdict"] and row["n"] == 1000
 
 
 def test_attention_claim_is_not_run_without_attention_points(tmp_path):

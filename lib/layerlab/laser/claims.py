@@ -137,10 +137,18 @@ def attention_harmless(t: pd.DataFrame, items: pd.DataFrame, margin: float = ATT
         outside.append(alo >= margin or ahi <= -margin)
         d = float(x.mean() - base.mean())
         worst = max(worst, (abs(d), f"{r.matrix_type}@{r.layer} Δ {100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]"))
-    verdict = (verdicts.DISAGREES if any(outside) else verdicts.AGREES if all(inside) else verdicts.INCONCLUSIVE)
-    return {"ours": f"{len(points)} attention reductions at rho {rho}: {sum(inside)} within ±{100 * margin:.0f} pp",
+    m, band = len(points), f"±{100 * margin:.0f} pp"
+    if any(outside):
+        verdict = f"{verdicts.DISAGREES}: {sum(outside)} of {m} points shown outside {band} (Holm over {m})"
+    elif all(inside):
+        verdict = f"{verdicts.AGREES}: all {m} points shown within {band}"
+    else:
+        verdict = (f"{verdicts.INCONCLUSIVE}: {m - sum(inside)} of {m} points admit a change beyond {band}, "
+                   f"none is shown outside it at n = {len(base)}")
+    return {"ours": f"{m} attention reductions at rho {rho}: {sum(inside)} within {band}",
             "interval": f"largest change {worst[1]}; outside the margin judged on Holm-adjusted intervals "
-                        f"({len(points)} comparisons)", "verdict": verdict}
+                        f"({m} comparisons)", "verdict": verdict, "n": len(base),
+            "statistic": f"paired Tango score interval per point, accuracy, equivalence {band}"}
 
 
 def accuracy_and_loss(t: pd.DataFrame, items: pd.DataFrame, best) -> dict:
@@ -210,14 +218,17 @@ def judge(t: pd.DataFrame, items: pd.DataFrame, dataset: str, model: str, n_laye
     composed = t[(t.n_reductions > 1) & (t.split == "val") & (t.metric == "acc")]
     if best is None or not len(composed):
         why = NONE_CHOSEN if best is None else "greedy kept one reduction or none (no composition stored)"
-        rows.append({**greedy, "ours": "", "interval": "", "verdict": verdicts.not_testable(why)})
+        rows.append({**greedy, "ours": "", "interval": "", "verdict": verdicts.not_testable(
+            why, cause=None if best is None else "grid cannot falsify")})
     else:
         pick = composed.sort_values(["value", "n_reductions"], ascending=[False, True], kind="stable").iloc[0]
         comp = _test_items(items, pick["key"])
         comp_interval, clo, chi = _delta(chosen, comp)
+        cols = power.paired_binary_columns(chosen, comp, None)
+        note = cols.pop("power_note")
         rows.append({**greedy, "ours": f"best single {100 * chosen.mean():.1f}% → composed {100 * comp.mean():.1f}% "
                                        f"({int(pick.n_reductions)} reductions: {pick.reductions}; chosen on validation)",
-                     "interval": comp_interval, "verdict": verdicts.above(clo, chi)})
+                     "interval": comp_interval, "verdict": verdicts.direction(clo, chi, power_note=note), **cols})
     if best is None:
         loc = {"ours": "", "interval": "", "verdict": verdicts.not_testable(NONE_CHOSEN)}
     else:

@@ -49,7 +49,8 @@ def _moves_with(solved: tuple[float, float, float], ret: tuple[float, float, flo
     if np.isnan([slo, shi, rlo, rhi]).any():
         return verdicts.not_testable("no per-level rows stored", cause="no data")
     if slo <= 0 <= shi:
-        return verdicts.not_testable("the solved rate does not move detectably (its interval holds 0)")
+        return verdicts.not_testable("the solved rate does not move detectably (its interval holds 0)",
+                                     cause="grid cannot falsify")
     return verdicts.above(rlo, rhi) if slo > 0 else verdicts.below(rlo, rhi)
 
 
