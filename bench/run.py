@@ -1,7 +1,8 @@
 """Speed and memory of layerlab's sweeps against the naive methods, measured in one run.
 
     python bench/run.py                 # every row, prints a markdown table, saves bench/results/
-    python bench/run.py --items 100     # smaller LASER workload
+    python bench/run.py --items 100     # smaller LASER workload (default: the quick book's 400)
+    python bench/run.py --laser-grid all  # LASER rows on every layer x {mlp_in, mlp_out} x 5 rhos
     python bench/run.py --only ray      # one row (here: Ray overhead) and its table line
 
 Each row runs in its own Python process (so its peak RSS is its own) and reports wall
@@ -42,9 +43,15 @@ def laser_setup(n_items: int, model_name: str = "smollm2-135m"):
     return model, tok, task
 
 
-def grid_of(model, n_rhos: int = 5):
+def grid_of(model, which: str = "quick", n_rhos: int = 5):
+    """The LASER rows' configurations: a book profile's CounterFact grid ("quick": the
+    layers every ~L/8 plus the last three x {mlp_in, mlp_out, o} x 2 rhos), or "all": every
+    layer x {mlp_in, mlp_out} x ``n_rhos`` rhos."""
     from layerlab.core.model import arch
     from layerlab.laser import sweep as laser
+    if which != "all":
+        cfg = laser.profile_config(which, arch.n_layers(model), arch.matrix_types(model))
+        return laser.grid(cfg["matrix_types"], cfg["layers"], cfg["rhos"])
     rhos = [0.01, 0.05, 0.1, 0.25, 0.5][:n_rhos]
     return laser.grid(["mlp_in", "mlp_out"], range(arch.n_layers(model)), rhos)
 
@@ -55,12 +62,11 @@ def row_laser_layerlab(args) -> dict:
     from layerlab.laser import sweep as laser
     from layerlab.core.io import results
     model, tok, task = laser_setup(args.items, args.model)
-    grid = grid_of(model)
+    grid = grid_of(model, args.laser_grid)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         sw = laser.Sweeper(model, tok, args.model, task, results.ResultStore(tmp))
-        for r in [[]] + [[g] for g in grid]:
-            sw.point(r)
+        sw.points([[]] + [[g] for g in grid])  # as the chapter runs it: every point off one shared prefix stream
         seconds = time.perf_counter() - start
         store_bytes = results.ResultStore(tmp).size_bytes()
         n_points = len(results.ResultStore(tmp).keys("laser"))
@@ -78,7 +84,7 @@ def row_laser_bound(args) -> dict:
     from layerlab.core.model import runner
     from layerlab.core.eval import scoring
     model, tok, task = laser_setup(args.items, args.model)
-    grid = grid_of(model)
+    grid = grid_of(model, args.laser_grid)
     per_layer = collections.Counter(g.layer for g in grid)
     batches = scoring.encode(tok, task.contexts, task.continuations)
     scorer = scoring.PrefixScorer(model, batches, len(task.contexts))
@@ -107,7 +113,7 @@ def _naive(args, batched: bool) -> dict:
     from layerlab.core.eval import scoring
     from layerlab.laser import rank
     model, tok, task = laser_setup(args.items, args.model)
-    grid = grid_of(model)
+    grid = grid_of(model, args.laser_grid)
     sample = [grid[i] for i in np.linspace(0, len(grid) - 1, args.naive_sample).round().astype(int)]
     start = time.perf_counter()
     for g in sample:
@@ -564,7 +570,7 @@ ROWS = {    "laser_layerlab": row_laser_layerlab, "laser_bound": row_laser_bound
 def run_row(name: str, args) -> dict:
     """Run one row in a fresh process and return its measurements (+ its peak RSS)."""
     cmd = [sys.executable, __file__, "--row", name, "--items", str(args.items), "--model", args.model,
-           "--naive-sample", str(args.naive_sample), "--painters-items", str(args.painters_items),
+           "--naive-sample", str(args.naive_sample), "--laser-grid", args.laser_grid, "--painters-items", str(args.painters_items),
            "--gpu-layers", str(args.gpu_layers), "--ray-layers", str(args.ray_layers),
            "--scaling-models", args.scaling_models, "--head-model", args.head_model,
            "--head-items", str(args.head_items), "--curve-model", args.curve_model, "--curve-dtype", args.curve_dtype,
@@ -599,7 +605,7 @@ def table(res: dict, args) -> str:
         cfgs = f"{r.get('configs', '')} ({meas}{note})" if meas != r.get("configs") else f"{r.get('configs', '')}"
         lines.append(f"| {sweep} | {method} | {s(name):.1f} | {cfgs} | {s(name) / s(ref):.2f}x | {r.get('peak_mb', float('nan')):.0f} |")
 
-    add(f"LASER, {args.items} CounterFact items", "layerlab (SVD cache, prefix cache, batches, store)", "laser_layerlab", "laser_layerlab")
+    add(f"LASER, {args.items} CounterFact items, {args.laser_grid} grid", "layerlab (SVD cache, prefix cache, batches, store)", "laser_layerlab", "laser_layerlab")
     add("", "bound: batched suffix passes only", "laser_bound", "laser_layerlab", ", scaled by layer")
     add("", "naive, one item at a time (reload, fresh SVD, full pass)", "laser_naive", "laser_layerlab", ", scaled")
     add("", "naive, batched", "laser_naive_batched", "laser_layerlab", ", scaled")
@@ -705,7 +711,11 @@ def main() -> int:
     parser.add_argument("--row", choices=sorted(ROWS), help="(internal) run one row and print JSON")
     parser.add_argument("--rows", "--only", dest="rows", default=",".join(r for r in ROWS if not r.endswith("_one")),
                         help="comma-separated rows to run")
-    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--items", type=int, default=400, help="CounterFact items of the LASER and Ray rows "
+                        "(400: the quick book's)")
+    parser.add_argument("--laser-grid", default="quick", choices=("smoke", "quick", "full", "all"),
+                        help="the LASER rows' grid: a book profile's CounterFact grid, or all (every layer x "
+                        "{mlp_in, mlp_out} x 5 rhos)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--naive-sample", type=int, default=4, help="configurations timed for the naive rows")
     parser.add_argument("--painters-items", type=int, default=40)

@@ -55,6 +55,8 @@ def test_costs_are_written_from_a_cold_runs_timings_and_read_back(tmp_path):
     rows = estimate.plan_estimate([("laser", "a", "auto")], "quick", calibrate=lambda m, d: 100.0,
                                   costs=estimate.load_costs("quick", path))
     assert rows[0]["estimate_s"] == pytest.approx(150.0)
+    assert "recorded in a cold run on Some CPU, float32" in estimate.summary(rows)  # where the costs come from
+    assert "not calibrated: lm-eval's set-up" in estimate.summary(rows)
 
 
 def test_the_committed_quick_costs_cover_the_quick_plan():
@@ -65,7 +67,19 @@ def test_the_committed_quick_costs_cover_the_quick_plan():
 
 def test_calibration_measures_a_speed():
     assert estimate.matmul_gflops(min_seconds=0.05) > 0
-    assert estimate.tokens_per_second("sokoban-dt") > 0  # not a language model: matmul speed
+    assert estimate.tokens_per_second("not-a-model") > 0  # not a language model: matmul speed
+
+
+def test_the_sokoban_chapter_is_calibrated_by_its_own_agents_steps_on_its_thread_count(monkeypatch):
+    import torch
+
+    threads = torch.get_num_threads()
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))
+    speed = estimate.tokens_per_second("sokoban-dt")
+    assert speed > 0 and seen[0] == 1 and torch.get_num_threads() == threads  # one thread, then restored
+    assert estimate.agent_windows_per_second(min_seconds=0.2) > 0
 
 
 def test_progress_bars_follow_the_plan():

@@ -193,7 +193,7 @@ def test_fever_gets_only_the_gain_row_and_an_empty_store_none(tmp_path):
     sweep(store, 16, 70, dataset="fever")
     rows = laser_claims.claim_rows(store)
     assert [r["claim"] for r in rows] == ["a single rank reduction raises fever test accuracy"]
-    assert set(rows[0]) == set(laser_claims.COLUMNS) | {"counted", "n", "statistic", "mde", "n_needed"}
+    assert set(rows[0]) == set(laser_claims.COLUMNS) | {"counted", "n", "statistic", "mde", "n_needed", "secondary"}
 
 
 def test_paper_names():
@@ -210,3 +210,18 @@ def test_the_quick_grid_can_falsify_the_location_and_attention_claims():
     cfg = laser_sweep.profile_config("quick", 30, ("q", "k", "v", "o", "gate", "mlp_in", "mlp_out"))
     assert min(cfg["layers"]) < 15 <= max(cfg["layers"]) and 29 in cfg["layers"]
     assert set(cfg["matrix_types"]) & {"q", "k", "v", "o"} and set(cfg["matrix_types"]) & {"mlp_in", "mlp_out"}
+
+
+def test_the_gain_row_shows_the_answer_loglikelihood_beside_accuracy_and_never_judges_on_it(tmp_path):
+    # same accuracies, opposite nll changes: the verdict (accuracy, the primary) cannot move,
+    # the secondary statistic flips sign with the nll
+    words = {}
+    for shift in (-0.3, 0.3):
+        store = results.ResultStore(tmp_path / str(shift))
+        sweep(store, 16, 70)
+        put_point(store, [("mlp_in", 3, 0.01)], 16, 70, nll_shift=shift)  # the chosen point, nll shifted
+        (gain,) = by_claim(store, "single rank reduction")
+        words[shift] = gain["verdict"]
+        assert gain["secondary"].startswith("answer log-likelihood per token: Δ " + ("+" if shift < 0 else "-"))
+        assert "paired t, z" in gain["secondary"] and "not judged" in gain["secondary"]
+    assert words[-0.3] == words[0.3]

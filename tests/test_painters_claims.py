@@ -278,3 +278,17 @@ def test_sublayer_variants_are_shown_but_not_judged_by_the_papers_claims():
     sub = items({("attn_only", 4, 1, 0): .05, ("mlp_only", 4, 1, 0): .79}, seed=1)
     mixed = pd.DataFrame(painters_rows.model_rows(pd.concat([items(ALL), sub], ignore_index=True), "m"))
     pd.testing.assert_frame_equal(plain, mixed)
+
+
+def test_the_margins_are_shown_beside_accuracy_and_never_change_a_verdict():
+    plain = items(ALL)
+    rng = np.random.default_rng(1)
+    # margins that agree with the 0/1 scores (> 0 where right), or that point the other way
+    with_margins = plain.assign(margin=np.where(plain.value == 1, 1.0, -1.0) + rng.normal(0, 0.1, len(plain)))
+    flipped = plain.assign(margin=-with_margins.margin)
+    rows = {name: pc.parallel_between(pc.Scores(t), "m", 4) for name, t in
+            (("plain", plain), ("margins", with_margins), ("flipped", flipped))}
+    assert rows["plain"]["secondary"] == ""
+    assert rows["margins"]["verdict"] == rows["plain"]["verdict"] == rows["flipped"]["verdict"]
+    assert "gold choice's margin: Δ +" in rows["margins"]["secondary"] and "not judged" in rows["margins"]["secondary"]
+    assert "gold choice's margin: Δ -" in rows["flipped"]["secondary"]

@@ -201,6 +201,23 @@ def test_lm_eval_edits_equal_lm_eval_on_each_edited_smollm2(dtype):
             assert len(ours) == len(theirs) > 0
             diff = float(np.max(np.abs(np.array(ours) - np.array(theirs))))
             assert diff <= tol, (label, t, diff)
+        # the continuous scores beside 0/1: ARC-Easy's margin is > 0 exactly where acc is 1 (lm-eval's own
+        # argmax), and the gold log-likelihood is lm-eval's; LAMBADA (not multiple choice) has none
+        rows = prefix_eval.item_rows(shared[label][1], tasks)
+        acc = rows[(rows.dataset == "arc_easy") & (rows.metric == "acc")]
+        assert len(acc) == 6 and ((acc.margin > 0) == (acc.value == 1)).all()
+        first = shared[label][1]["samples"][evaluation.LM_EVAL_TASKS["arc_easy"]][0]
+        assert acc.gold_logprob.iloc[0] == first["filtered_resps"][int(first["target"])][0]
+        assert rows[rows.dataset == "lambada"].margin.isna().all()
+
+
+def test_choice_scores_of_constructed_samples():
+    mc = {"target": 2, "filtered_resps": [(-3.0, False), (-1.0, True), (-2.5, False)]}
+    assert prefix_eval.choice_scores(mc) == (-2.5, -1.5)
+    assert prefix_eval.choice_scores({**mc, "target": "1"}) == (-1.0, 1.5)
+    for bad in ({**mc, "target": 5}, {**mc, "target": "B"}, {"target": "Paris", "filtered_resps": ["Paris"]},
+                {"target": 0, "filtered_resps": [(-1.0, True)]}, {}):
+        assert all(np.isnan(prefix_eval.choice_scores(bad))), bad
 
 
 def test_a_killed_run_resumes_from_its_journal_with_the_same_answers(tmp_path):

@@ -99,3 +99,15 @@ def test_healing_only_in_the_flat_region_cannot_show_a_delay():
     healed = acc_items({1: 0.8}, healed=True, base=False)
     r = collapse.healing_delays_collapse(pd.concat([raw, healed]), "mmlu", 0.25)
     assert verdicts.cause(r["verdict"]) == "grid cannot falsify"
+
+
+def test_holds_shows_the_margin_beside_accuracy_and_judges_only_accuracy():
+    plain = acc_items({0: 0.8, 1: 0.79, 6: 0.25})
+    assert collapse.holds(plain, "mmlu", 0.25)["secondary"] == ""  # no margins stored: nothing beside
+    rng = np.random.default_rng(0)
+    # the pruned point's margins shrink by 0.5 nats on every item, its accuracy barely moves
+    margin = np.where(plain.value == 1, 1.0, -1.0) + rng.normal(0, 0.2, len(plain)) - 0.5 * (plain.n > 0)
+    r = collapse.holds(plain.assign(margin=margin), "mmlu", 0.25)
+    assert r["verdict"] == collapse.holds(plain, "mmlu", 0.25)["verdict"]
+    head = "f=0.10 (lowest flat point): gold choice's margin vs unpruned: Δ "
+    assert r["secondary"].startswith(head) and -0.6 < float(r["secondary"][len(head):].split()[0]) < -0.45

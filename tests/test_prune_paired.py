@@ -91,3 +91,12 @@ def test_healed_heuristic_on_paired_chunks(deep_healed, verdict):
                         ("similarity", 5, True): 0.45, ("deepest", 5, True): deep_healed})
     r = pp.healed_heuristic(items)
     assert verdicts.word(r["verdict"]) == verdict, r
+
+
+def test_similarity_vs_heuristic_shows_the_margin_beside_accuracy():
+    frame = pd.concat([acc_items({0: 0.8, 2: 0.75, 4: 0.6}),
+                       acc_items({2: 0.55, 4: 0.4}, method="deepest", base=False)], ignore_index=True)
+    frame = frame.assign(margin=np.where(frame.value == 1, 1.0, -1.0))  # agrees with the 0/1 scores
+    r = pp.similarity_vs_heuristic(frame, "mmlu", "acc")
+    assert r["verdict"] == pp.similarity_vs_heuristic(frame.drop(columns="margin"), "mmlu", "acc")["verdict"]
+    assert r["secondary"].startswith("n=4: gold choice's margin, similarity − heuristic: Δ +0.400 nats")

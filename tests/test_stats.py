@@ -80,3 +80,19 @@ def test_floors_need_a_clear_margin_above_chance_and_20_correct_generations():
     ok, reason = stats.informative(60, 100, 0.25)
     assert ok and "Wilson lower bound" in reason
     assert stats.undefined_share(np.array([1.0, np.nan, 2.0, 3.0])) == 0.25
+
+
+def test_the_secondary_statistic_is_a_paired_t_with_its_z():
+    import math
+
+    from layerlab.core.evidence import stats as st
+
+    rng = np.random.default_rng(0)
+    before = rng.normal(size=50)
+    after = before + 0.3 + rng.normal(scale=0.5, size=50)
+    d = after - before
+    z = d.mean() / (d.std(ddof=1) / math.sqrt(50))
+    text = st.secondary(before, after, "gold log-prob")
+    assert text.startswith(f"gold log-prob: Δ {d.mean():+.3f} nats") and f"z {z:+.1f}, n = 50" in text
+    assert st.secondary(after, before, "x", sign=-1) == st.secondary(before, after, "x")
+    assert st.secondary(before, before + 1.0, "x") == "" and st.secondary([1.0], [2.0], "x") == ""

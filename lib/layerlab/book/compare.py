@@ -20,6 +20,7 @@ COLUMNS = ["paper", "claim", "paper's number", "model", "ours", "interval", "ver
 # the power to tell, on every row: items the primary statistic uses, which statistic, the effect
 # it detects with 80% power at that n, and the items that would detect the paper's effect
 POWER_COLUMNS = ["n", "statistic", "mde", "n_needed"]
+SECONDARY = "secondary"  # a continuous statistic beside the primary one, never judged (stats.secondary)
 # why a claim is undecided: its interval admits both (too few items), its counted rows
 # disagree with each other, or the cause its "not testable" verdict names (verdicts.CAUSES)
 TOO_FEW, ROWS_DIFFER, UNNAMED = "too few items", "rows differ", "cause not named"
@@ -174,10 +175,10 @@ def claims(store: results.ResultStore) -> pd.DataFrame:
     rows += painters_rows.claim_rows(store)  # Sun et al.
     rows += sokoban_claims.claim_rows(store)  # LASER outside language: the Sokoban Decision Transformer (paper Table 2)
     rows += beyond_claims.claim_rows(store)
-    table = pd.DataFrame(rows, columns=COLUMNS + ["counted"] + POWER_COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS + ["counted"] + POWER_COLUMNS + [SECONDARY])
     table["n"] = pd.to_numeric(table["n"], errors="coerce").astype("Int64")
     table["n_needed"] = pd.to_numeric(table["n_needed"], errors="coerce").astype("Int64")
-    table[["statistic", "mde"]] = table[["statistic", "mde"]].fillna("")
+    table[["statistic", "mde", SECONDARY]] = table[["statistic", "mde", SECONDARY]].fillna("")
     table["counted"] = table["counted"].fillna(True).astype(bool)
     table["verdict"].map(verdicts.word)
     return table

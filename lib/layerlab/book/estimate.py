@@ -5,8 +5,9 @@ measured times the speed of its model there (tokens per second of a plain forwar
 same dtype), i.e. the full-model tokens it is worth (``book/costs.json``, written from a
 cold run's timings by ``python -m layerlab.book.estimate --write-costs RESULTS_DIR``). Here, a
 few seconds of calibration measure each model's speed in the dtype it will run in, and a
-chapter's estimate is work / speed. Chapters that are not language models (the Sokoban
-agent) are scaled by float32 matmul speed instead (GFLOP/s). The estimate assumes the
+chapter's estimate is work / speed. The Sokoban chapter is scaled by its own agent's
+training speed (``agent_windows_per_second``: windows per second, one thread, float32); any
+other non-LM name by float32 matmul speed (GFLOP/s). The estimate assumes the
 chapter's time is compute; lm-eval's set-up and Python overheads scale less than that.
 """
 
@@ -36,6 +37,8 @@ def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto"
     """Forward-pass speed of a registry model (or any ``layerlab.load`` name) in ``dtype``:
     tokens per second over ``CALIBRATION_TOKENS``-sized passes, after a warm-up pass,
     repeated until ``min_seconds`` have passed. Non-LM names (not loadable) -> matmul GFLOP/s."""
+    if model_name == AGENT:
+        return agent_windows_per_second()
     if model_name not in embedded.REGISTRY and not Path(model_name).exists() and "/" not in model_name:
         return matmul_gflops()
     lm, _ = models.load(model_name, dtype=dtype, device=device)
@@ -51,6 +54,51 @@ def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto"
     seconds = time.perf_counter() - start
     del lm
     return done / seconds
+
+
+AGENT = "sokoban-dt"  # the Sokoban chapter's model: trained in the chapter, calibrated by its own steps
+
+
+def agent_windows_per_second(min_seconds: float = 1.0, threads: int = 1) -> float:
+    """Speed of the Sokoban chapter's own work on this machine: windows per second of
+    training steps (forward, backward, AdamW) of the quick profile's Decision Transformer in
+    float32 on ``threads`` CPU threads (the chapter's default: 1). A float32 matmul is no
+    proxy for it: on a CPU that is faster at large bf16 matmuls this small agent can be
+    faster or slower, and on one thread its speed is set by latency, not by matmul width."""
+    import numpy as np
+
+    from layerlab.laser.sokoban import agent as agent_mod, env as sokoban
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cfg, env = agent_mod.AgentConfig(), agent_mod.EnvConfig()
+        torch.manual_seed(0)
+        model = agent_mod.build_model(sokoban.observation_size((env.size, env.size)), cfg, env).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        rng = np.random.default_rng(0)
+        b, k, dim = cfg.batch, cfg.context, model.config.state_dim
+        batch = agent_mod._inputs(rng.random((b, k, dim), dtype=np.float32), rng.integers(0, 4, (b, k)),
+                                  rng.random((b, k), dtype=np.float32), rng.integers(0, 60, (b, k)), cfg, "cpu",
+                                  torch.float32)
+        target = torch.as_tensor(rng.integers(0, 4, (b, k)))
+
+        def step() -> None:
+            with torch.enable_grad():
+                logits = model(**batch).action_preds
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+        step()  # warm-up
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < min_seconds:
+            step()
+            done += b
+        return done / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
 
 
 def matmul_gflops(min_seconds: float = 0.5) -> float:
@@ -86,7 +134,7 @@ def plan_estimate(plan: list[tuple[str, str, str]], profile: str, calibrate=toke
         cost = costs.get(chapter_id(technique, model))
         est = cost["work"] / speed[(model, dtype)] if cost else None
         out.append({"chapter": technique, "model": model, "dtype": dtype, "speed": speed[(model, dtype)],
-                    "estimate_s": est})
+                    "estimate_s": est, "measured_on": ", ".join(str(cost[k]) for k in ("cpu", "dtype") if k in cost) if cost else None})
     return out
 
 
@@ -105,6 +153,12 @@ def summary(rows: list[dict], limit_hours: float = 2.0) -> str:
         return "\n".join(lines)
     more = " (plus the chapters without a recorded cost)" if len(known) < len(rows) else ""
     lines.append(f"[book]   total about {total / 60:.0f} min{more}, then the HTML build (~1-2 min)")
+    sources = sorted({r["measured_on"] for r in rows if r.get("measured_on")})
+    if sources:
+        lines.append(f"[book]   (each chapter's work was recorded in a cold run on {'; '.join(sources)} and is scaled "
+                     "by this machine's speed: a forward pass of each model, training steps of the Sokoban agent; "
+                     "not calibrated: lm-eval's set-up, data loading and Python overheads, which scale less than "
+                     "compute, and how a CPU's speed changes with the batch shape)")
     if total > limit_hours * 3600:
         lines.append(f"[book] WARNING: that is more than {limit_hours:g} hours on this machine. Cheaper options: "
                      "`make book PROFILE=smoke` (tiny grids, minutes), or run on a GPU (device auto picks CUDA), "

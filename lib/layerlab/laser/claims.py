@@ -68,6 +68,16 @@ def _key(t: pd.DataFrame, matrix_type: str, layer: int, rho: float) -> str:
     return keys[0]
 
 
+def _loglik_beside(items: pd.DataFrame, before: str, after: str) -> str:
+    """The answer's log-likelihood gain (−nll, nats per token) of point ``after`` over
+    ``before`` on the test items: the continuous statistic shown beside accuracy (#29:
+    z ~4 where accuracy gives ~2 on the same items); "" when no nll is stored."""
+    if "nll" not in items:
+        return ""
+    return stats.secondary(_items(items, before, column="nll"), _items(items, after, column="nll"),
+                           "answer log-likelihood per token", sign=-1)
+
+
 def _delta(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> tuple[str, float, float]:
     d, lo, hi = evaluation.paired_difference(a, b, confidence)
     level = "" if confidence == 0.95 else f" ({100 * confidence:g}% interval)"
@@ -200,7 +210,8 @@ def judge(t: pd.DataFrame, items: pd.DataFrame, dataset: str, model: str, n_laye
         gain.update(ours=f"{100 * base.mean():.1f}% on {len(base)} test items; {NONE_CHOSEN}", interval="",
                     verdict=verdicts.not_testable(NONE_CHOSEN))
     else:
-        chosen = _test_items(items, _key(singles, best.matrix_type, best.layer, best.rho))
+        chosen_key = _key(singles, best.matrix_type, best.layer, best.rho)
+        chosen = _test_items(items, chosen_key)
         interval, lo, hi = _delta(base, chosen)
         where = f"{paper_name(best.matrix_type, gated)}, layer {best.layer} of {n_layers}, rho {best.rho}"
         smallest = papers.smallest_effect((p["paper_laser"] - p["paper_base"]) / 100) if p else None
@@ -209,7 +220,8 @@ def judge(t: pd.DataFrame, items: pd.DataFrame, dataset: str, model: str, n_laye
         verdict = (verdicts.versus_paper(lo, hi, smallest=smallest, power_note=note) if smallest
                    else verdicts.direction(lo, hi, power_note=note))
         gain.update(ours=f"{100 * base.mean():.1f}% → {100 * chosen.mean():.1f}% on {len(base)} test items ({where})",
-                    interval=interval, verdict=verdict, **cols)
+                    interval=interval, verdict=verdict, **cols,
+                    secondary=_loglik_beside(items, _key(singles, "base", -1, 1.0), chosen_key))
     rows = [gain]
     if dataset != "counterfact":
         return rows
@@ -228,7 +240,8 @@ def judge(t: pd.DataFrame, items: pd.DataFrame, dataset: str, model: str, n_laye
         note = cols.pop("power_note")
         rows.append({**greedy, "ours": f"best single {100 * chosen.mean():.1f}% → composed {100 * comp.mean():.1f}% "
                                        f"({int(pick.n_reductions)} reductions: {pick.reductions}; chosen on validation)",
-                     "interval": comp_interval, "verdict": verdicts.direction(clo, chi, power_note=note), **cols})
+                     "interval": comp_interval, "verdict": verdicts.direction(clo, chi, power_note=note), **cols,
+                     "secondary": _loglik_beside(items, chosen_key, pick["key"])})
     if best is None:
         loc = {"ours": "", "interval": "", "verdict": verdicts.not_testable(NONE_CHOSEN)}
     else:

@@ -106,7 +106,9 @@ def build_task(dataset: str, data_dir=None, limit: int | None = None, seed: int 
 
 
 def item_metrics(task: Task, s: scoring.RowScores) -> pd.DataFrame:
-    """Per item: id, correct (0/1), nll, and for answer tasks acc@10 and first_top."""
+    """Per item: id, correct (0/1), nll (the gold answer's, nats per token), and for answer
+    tasks acc@10 and first_top, for choice tasks margin (the gold choice's log-likelihood
+    minus the best wrong one's, nats: > 0 where correct is 1)."""
     if task.kind == "answer":
         correct = s.first_rank == 0 if task.accuracy == "first_token" else s.greedy
         return pd.DataFrame({"item": task.item_ids, "correct": correct.astype(float),
@@ -118,5 +120,6 @@ def item_metrics(task: Task, s: scoring.RowScores) -> pd.DataFrame:
     lp[task.row_item, task.row_choice] = s.logprob
     ntok[task.row_item, task.row_choice] = s.n_tokens
     gold = np.arange(n), task.labels
+    wrong = np.where(np.arange(k)[None, :] == task.labels[:, None], -np.inf, lp).max(1)
     return pd.DataFrame({"item": task.item_ids, "correct": (lp.argmax(1) == task.labels).astype(float),
-                         "nll": -lp[gold] / ntok[gold]})
+                         "nll": -lp[gold] / ntok[gold], "margin": lp[gold] - wrong})

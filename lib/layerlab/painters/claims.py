@@ -24,11 +24,11 @@ from layerlab.core.evidence.papers import PAINTERS, PAINTERS_CLAIMS
 from .paired import BASE, Z80, Part, Scores, compare, columns, excess_over_chance, mean_t, union
 
 COLUMNS = ["paper", "claim", "paper's number", "model", "ours", "interval", "verdict"]
-POWER_KEYS = ["n", "statistic", "mde", "n_needed"]
+POWER_KEYS = ["n", "statistic", "mde", "n_needed", "secondary"]
 LOOPS_CLAIMED = 3  # Fig. 9: looped parallel with 3 iterations
 GSM8K = "gsm8k"
 SIMILARITY = "painters_similarity"  # per-document similarity rows (metric "middle_contrast": see painters.contrasts)
-NO_POWER = {"n": None, "statistic": "", "mde": "", "n_needed": None}
+NO_POWER = {"n": None, "statistic": "", "mde": "", "n_needed": None, "secondary": ""}
 
 __all__ = ["BASE", "COLUMNS", "Scores", "best_loops_grow", "least_degrading", "looped_parallel",
            "middle_repeat_worst", "not_all_needed", "order", "parallel_between", "parallel_gsm8k"]
@@ -47,7 +47,7 @@ def _row(key: str, model: str, ours: str, interval_txt: str, verdict: str, cols:
     verdicts.word(verdict)  # a verdict no count can read is a bug here, not on the page
     return {"paper": PAINTERS, "claim": PAINTERS_CLAIMS[key],
             "paper's number": PAINTERS_CLAIMS[key].rsplit("(", 1)[-1].rstrip(")"),
-            "model": model, "ours": ours, "interval": interval_txt, "verdict": verdict} | (cols or NO_POWER)
+            "model": model, "ours": ours, "interval": interval_txt, "verdict": verdict} | NO_POWER | (cols or {})
 
 
 def _blocked(scores: Scores, labels: list[tuple], a: int, exclude=()) -> str | None:

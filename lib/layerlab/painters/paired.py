@@ -44,11 +44,16 @@ class Scores:
     variant, affected, loops, order_seed): per benchmark, label -> [seeds, items] array, the
     items in the unmodified model's order (a label missing an item of the base is left out)."""
 
-    def __init__(self, items: pd.DataFrame, chance: dict | None = None):
+    def __init__(self, items: pd.DataFrame, chance: dict | None = None, column: str = "value"):
         self.chance = evaluation.CHANCE if chance is None else chance
         self.mats: dict[str, dict[Label, np.ndarray]] = {}
+        # the continuous score of the same items (the gold choice's margin over the best wrong one,
+        # nats), shown beside each accuracy comparison and never judged (#29); None where not stored
+        self.margins: Scores | None = None
         if not len(items):
             return
+        if column == "value" and "margin" in items and np.isfinite(items["margin"].to_numpy(float)).any():
+            self.margins = Scores(items.assign(value=items["margin"]), self.chance, column="margin")
         items = items.assign(loops=items["loops"].astype(int), affected=items["affected"].astype(int))
         for ds, part in items.groupby("dataset"):
             base = part[part.variant == "base"]
@@ -111,6 +116,7 @@ class Part:
     statistic: str
     unit: str = "pp"
     scale: float = 100.0
+    secondary: str = ""  # the same comparison on the items' margins (``stats.secondary``), never judged
 
     def text(self) -> str:
         f = lambda x: f"{self.scale * x:+.3g}"  # noqa: E731
@@ -177,10 +183,19 @@ def compare(scores: Scores, better: Label, worse: Label, bench: list[str], name:
     if x.shape[0] == 1 and y.shape[0] == 1:
         d, lo, hi, p, disc = tango(x[0], y[0])
         return Part(name, d, lo, hi, p, x.shape[1], power.mde_paired_binary(x.shape[1], disc),
-                    "paired Tango score interval")
+                    "paired Tango score interval", secondary=_margin_beside(scores, better, worse, bench, name))
     d, lo, hi, p, mde = two_level(x, y)
-    return Part(name, d, lo, hi, p, x.shape[1], mde,
-                f"two-level paired t ({max(x.shape[0], y.shape[0])} order seeds)")
+    return Part(name, d, lo, hi, p, x.shape[1], mde, f"two-level paired t ({max(x.shape[0], y.shape[0])} order seeds)",
+                secondary=_margin_beside(scores, better, worse, bench, name))
+
+
+def _margin_beside(scores: Scores, better: Label, worse: Label, bench: list[str], name: str) -> str:
+    """``compare``'s comparison on the margins (seed means per item, paired t), or ""."""
+    m = scores.margins
+    if m is None or not all(m.has(d, lab) for d in bench for lab in (better, worse)):
+        return ""
+    x, y = m.pooled(better, bench).mean(0), m.pooled(worse, bench).mean(0)
+    return stats.secondary(y, x, f"{name}: gold choice's margin")
 
 
 def excess_over_chance(k, n, chance, confidence: float = 0.95) -> tuple[float, float, float, float, float]:
@@ -242,4 +257,5 @@ def columns(parts: list[Part], bench: list[str]) -> dict:
     if len(parts) > 1:
         stat += f"; intersection-union / Holm over {len(parts)} parts"
     mde = "" if math.isnan(weakest.mde) else f"{weakest.scale * weakest.mde:.3g} {weakest.unit}".rstrip()
-    return {"n": max(q.n for q in parts), "statistic": stat, "mde": mde, "n_needed": None}
+    return {"n": max(q.n for q in parts), "statistic": stat, "mde": mde, "n_needed": None,
+            "secondary": "; ".join(q.secondary for q in parts if q.secondary)}

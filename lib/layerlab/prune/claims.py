@@ -117,7 +117,7 @@ def best_starts(dist: pd.DataFrame) -> pd.DataFrame:
 def _row(claim: str, number: str, model: str, judged: dict) -> dict:
     return {"paper": papers.GROMOV, "claim": claim, "paper's number": number, "model": model,
             "ours": judged["ours"], "interval": judged["interval"], "verdict": judged["verdict"],
-            **{k: judged.get(k, "" if k != "n_needed" else None) for k in ("n", "statistic", "mde", "n_needed")}}
+            **{k: judged.get(k, "" if k != "n_needed" else None) for k in ("n", "statistic", "mde", "n_needed", "secondary")}}
 
 
 def _untested(claim: str, number: str, model: str, why: str) -> dict:

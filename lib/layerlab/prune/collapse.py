@@ -129,8 +129,13 @@ def holds(items: pd.DataFrame, dataset: str, chance: float, model: str = "", n_l
     verdict = _binding(parts)
     if verdicts.word(verdict) == verdicts.INCONCLUSIVE and pw["power_note"]:
         verdict += "; " + pw["power_note"]
+    margins = paired.margin_matrix(items, dataset, method)
+    beside = ""
+    if margins is not None and margins.shape == m.shape:
+        beside = stats.secondary(margins.iloc[:, 0], margins.iloc[:, worst],
+                                 f"f={fr[worst]:.2f} (lowest flat point): gold choice's margin vs unpruned")
     return {"verdict": verdict, "n": pw["n"], "statistic": pw["statistic"] + " vs unpruned, per flat point",
-            "mde": pw["mde"], "n_needed": pw["n_needed"],
+            "mde": pw["mde"], "n_needed": pw["n_needed"], "secondary": beside,
             "ours": f"flat region f <= {lo_f - BAND_SLACK:.2f} ({label})",
             "interval": "paired Δ vs unpruned: " + "; ".join(texts) + f"; margin -{100 * HOLD_MARGIN:.0f} pp"}
 

@@ -32,6 +32,15 @@ def point_matrix(items: pd.DataFrame, dataset: str, metric: str, method: str = "
     return wide.dropna().sort_index(axis=1)
 
 
+def margin_matrix(items: pd.DataFrame, dataset: str, method: str = "similarity", healed: bool = False) -> pd.DataFrame | None:
+    """``point_matrix`` of the items' margins (the gold choice's log-likelihood minus the best
+    wrong one's, nats: the continuous score beside accuracy, #29), or None where the items
+    carry none (stores written before it was kept)."""
+    if "margin" not in items or not np.isfinite(items["margin"].to_numpy(float)).any():
+        return None
+    return point_matrix(items.assign(value=items["margin"]), dataset, "acc", method, healed)
+
+
 def fractions(items: pd.DataFrame, ns, n_layers: int | None) -> np.ndarray:
     """Fractions of the layers dropped (n / n_layers) for the block counts ns."""
     if n_layers is None and "n_layers" in items:
@@ -117,8 +126,14 @@ def similarity_vs_heuristic(items: pd.DataFrame, dataset: str = "heldout", metri
                                           f"{worse}, tie at {len(ns) - len(better) - len(worse)}",
               "interval": "similarity − heuristic, paired per item: " + "; ".join(_fmt(n, *res[n][:3], 1.0) for n in ns)
                           + f" (better/worse: Holm-adjusted p < 0.05 over {len(ns)} n)"}
-    return _with_power(judged, pair_power(_values(items, dataset, metric, "deepest", ns[-1], False),
-                                          _values(items, dataset, metric, "similarity", ns[-1], False)))
+    cols = pair_power(_values(items, dataset, metric, "deepest", ns[-1], False),
+                      _values(items, dataset, metric, "similarity", ns[-1], False))
+    m_sim, m_deep = margin_matrix(items, dataset), margin_matrix(items, dataset, "deepest")
+    if metric == "acc" and m_sim is not None and ns[-1] in m_sim and ns[-1] in m_deep:
+        common = m_sim.index.intersection(m_deep.index)
+        cols["secondary"] = stats.secondary(m_deep.loc[common, ns[-1]], m_sim.loc[common, ns[-1]],
+                                            f"n={ns[-1]}: gold choice's margin, similarity − heuristic")
+    return _with_power(judged, cols)
 
 
 # "healed loss close to unpruned" (Fig. 3): the paper's effect is the whole increase recovered

@@ -236,17 +236,39 @@ def item_rows(out: dict, tasks: list[str]) -> pd.DataFrame:
     """Per-item scores from an lm-eval result run with ``log_samples``: rows dataset,
     metric (``ITEM_METRICS`` present in the samples; "[filter]" appended unless "none"),
     item (lm-eval's doc_id: the position in the shuffled benchmark file), doc_hash, value
-    (1.0 correct, 0.0 not)."""
+    (1.0 correct, 0.0 not), and the continuous scores of the same pass (#29), on the rows
+    of multiple-choice items: gold_logprob (the gold choice's log-likelihood, nats) and
+    margin (gold_logprob minus the best wrong choice's: > 0 where acc is 1); NaN elsewhere."""
     rows = []
     for t in tasks:
         for smp in out["samples"][evaluation.LM_EVAL_TASKS[t]]:
             filt = smp.get("filter", "none")
+            gold, margin = choice_scores(smp)
             for metric in ITEM_METRICS:
                 if metric in smp:
                     rows.append({"dataset": t, "metric": metric if filt == "none" else f"{metric}[{filt}]",
                                  "item": int(smp["doc_id"]), "doc_hash": smp.get("doc_hash", ""),
-                                 "value": float(smp[metric])})
-    return pd.DataFrame(rows, columns=["dataset", "metric", "item", "doc_hash", "value"])
+                                 "value": float(smp[metric]), "gold_logprob": gold, "margin": margin})
+    return pd.DataFrame(rows, columns=["dataset", "metric", "item", "doc_hash", "value", "gold_logprob", "margin"])
+
+
+def choice_scores(sample: dict) -> tuple[float, float]:
+    """(gold log-likelihood, margin over the best wrong choice) of one lm-eval multiple-choice
+    sample (``filtered_resps``: one (loglikelihood, is_greedy) per choice; ``target``: the
+    gold index, an int or a string of digits); (NaN, NaN) for any other sample."""
+    resps, target = sample.get("filtered_resps"), sample.get("target")
+    if isinstance(target, str) and target.strip().isdigit():
+        target = int(target)
+    if not isinstance(target, int) or isinstance(target, bool) or not isinstance(resps, (list, tuple)):
+        return float("nan"), float("nan")
+    try:
+        lls = [float(r[0]) for r in resps]
+    except (TypeError, IndexError, ValueError):
+        return float("nan"), float("nan")
+    if not 0 <= target < len(lls) or len(lls) < 2:
+        return float("nan"), float("nan")
+    wrong = max(ll for i, ll in enumerate(lls) if i != target)
+    return lls[target], lls[target] - wrong
 
 
 def evaluate_edits(model: nn.Module, tokenizer, tasks: list[str], edits: Mapping[str, edits_mod.Edit],

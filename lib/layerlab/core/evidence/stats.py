@@ -111,6 +111,20 @@ def paired_t(before, after, confidence: float = 0.95) -> tuple[float, float, flo
     return m, m - half, m + half
 
 
+def secondary(before, after, label: str, unit: str = "nats", sign: int = 1) -> str:
+    """A continuous statistic shown beside a claim's primary one and never judged (#29: the
+    primary is declared before the run; this one cannot change a verdict): ``label``, the
+    paired mean of ``sign`` x (after − before) over the items [n] with its paired t interval,
+    and z = mean / standard error. "" when there are fewer than 2 pairs or no spread."""
+    diff = sign * (np.asarray(after, float) - np.asarray(before, float))
+    # no spread (up to float round-off of the subtraction): no interval and no z to give
+    if len(diff) < 2 or not np.isfinite(diff).all() or not diff.std() > 1e-9 * max(1.0, float(np.abs(diff).max())):
+        return ""
+    m, lo, hi = paired_t(np.zeros(len(diff)), diff)
+    z = m / (diff.std(ddof=1) / math.sqrt(len(diff)))
+    return f"{label}: Δ {m:+.3f} {unit} [{lo:+.3f}, {hi:+.3f}] (paired t, z {z:+.1f}, n = {len(diff)}; not judged)"
+
+
 def holm(p_values) -> np.ndarray:
     """Holm-adjusted p-values (same order as given; each in [0, 1])."""
     p = np.asarray(p_values, float)

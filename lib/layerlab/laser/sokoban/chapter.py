@@ -63,7 +63,7 @@ def configure(profile: str, device: str = "auto", dtype: str = "auto", seed: int
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: {seed!r} is not allowed; allowed: a non-negative integer")
     cfg["device"], cfg["dtype"] = agent_mod.resolve(device, dtype)
-    for name in ("n_val", "n_test", "train_steps", "n_seeds", "threads"):
+    for name in ("n_val", "n_test", "train_steps", "n_train", "n_seeds", "threads"):
         v = overrides.get(name)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{name}: {v!r} is not allowed; allowed: a positive integer")
@@ -77,6 +77,8 @@ def configure(profile: str, device: str = "auto", dtype: str = "auto", seed: int
     cfg["threads"] = overrides.get("threads")
     if overrides.get("train_steps") is not None:
         cfg["agent"] = dataclasses.replace(cfg["agent"], steps=overrides["train_steps"])
+    if overrides.get("n_train") is not None:
+        cfg["agent"] = dataclasses.replace(cfg["agent"], n_train=overrides["n_train"])
     probe = agent_mod.build_model(16, cfg["agent"], cfg["env"])  # untrained, only to check the grid
     rank.validate(probe, cfg["matrix_types"], cfg["layers"], cfg["rhos"])
     return cfg
