@@ -47,8 +47,9 @@ test-fast: setup
 data: setup
 	$(PY) -m layerlab.core.io.data_fetch fetch
 
+# DRY_RUN=1: the profile's every chapter on tiny random models, sizes cut (layerlab.book.dry_run)
 book: setup
-	$(PY) -m layerlab.book --profile $(PROFILE) $(if $(DTYPE),--dtype $(DTYPE))
+	$(PY) -m layerlab.book --profile $(PROFILE) $(if $(DTYPE),--dtype $(DTYPE)) $(if $(DRY_RUN),--dry-run)
 
 bench: setup
 	$(PY) bench/run.py

@@ -141,10 +141,13 @@ def chapter_plan(profile: str, dtype: str | None = None) -> list[tuple[str, str,
 
 
 def execute(profile: str, results_dir: Path, data_dir: str | None, log=print, dtype: str | None = None,
-            calibrate=None) -> list[dict]:
+            calibrate=None, dry_run: Path | None = None) -> list[dict]:
     """Run every notebook of the profile; raise SystemExit naming the failing cell. Prints
     the plan with each chapter's estimated minutes first (``estimate``), and shows the
-    chapter's and the whole run's time left while it runs."""
+    chapter's and the whole run's time left while it runs. ``dry_run`` (a folder): the
+    profile's plan on tiny random models with only the sizes cut (``dry_run.plan``), the
+    models in ``dry_run/tiny-models`` and the notebooks in ``dry_run/executed`` (the
+    book's own stay as they are)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -152,21 +155,27 @@ def execute(profile: str, results_dir: Path, data_dir: str | None, log=print, dt
     from layerlab.core.compute.machine import machine_info
 
     plan = chapter_plan(profile, dtype)
+    names = [executed_name(t, m) for t, m, _ in plan]
+    executed = EXECUTED
+    if dry_run is not None:
+        from . import dry_run as dry
+
+        plan, executed = dry.plan(plan, Path(dry_run) / "tiny-models"), Path(dry_run) / "executed"
     rows = estimate.plan_estimate([(t, m, extra.get("dtype", "auto")) for t, m, extra in plan], profile,
                                   **({"calibrate": calibrate} if calibrate else {}))
     for (technique, _, _), row in zip(plan, rows):
         row["resolved"] = _resolved(row["dtype"], technique)
     log(estimate.summary(rows))
     machine = machine_info()
-    EXECUTED.mkdir(parents=True, exist_ok=True)
+    executed.mkdir(parents=True, exist_ok=True)
     times = []
     with estimate.Progress([r["estimate_s"] for r in rows]) as progress:
-        for (technique, model, extra), row in zip(plan, rows):
-            out = EXECUTED / f"{executed_name(technique, model)}.ipynb"
+        for (technique, model, extra), row, name in zip(plan, rows, names):
+            out = executed / f"{name}.ipynb"
             params = {"model": model, "profile": profile, "results_dir": str(results_dir), **extra}
             if data_dir:
                 params["data_dir"] = data_dir
-            log(f"[book] {technique} on {model} ({profile}, {row['resolved']}) -> {out.relative_to(ROOT)}")
+            log(f"[book] {technique} on {model} ({profile}, {row['resolved']}) -> {out}")
             progress.start(f"{technique} on {model}")
             start = time.time()
             try:
@@ -230,11 +239,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="force a dtype on every language-model chapter: "
                         f"auto, {', '.join(DTYPES)} (default: each chapter's own, auto)")
     parser.add_argument("--skip-execute", action="store_true", help="only rebuild the HTML")
+    parser.add_argument("--dry-run", action="store_true", help="every chapter of the profile on tiny random models "
+                        "with only the sizes cut, then every claim function on the results; no HTML "
+                        "(layerlab.book.dry_run)")
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         parser.error(f"--profile: {args.profile!r} is not one of {', '.join(PROFILES)}")
-    results_dir = Path(args.results_dir or ROOT / "results" / args.profile).resolve()
+    if args.dry_run and args.skip_execute:
+        parser.error("--dry-run executes the chapters; it cannot be combined with --skip-execute")
+    default = ROOT / "results" / (args.profile + ("-dry-run" if args.dry_run else ""))
+    results_dir = Path(args.results_dir or default).resolve()
     start = time.time()
+    if args.dry_run:  # results_dir holds the store (results/), the tiny models and the executed notebooks
+        execute(args.profile, results_dir / "results", args.data_dir, dtype=args.dtype, dry_run=results_dir)
+        from . import compare
+        from layerlab.core.io.results import ResultStore
+        table = compare.claims(ResultStore(results_dir / "results"))
+        print(compare.decision_table(table).to_string())
+        print(f"[book] dry run of {args.profile}: every chapter ran; {len(table)} claim rows read its results "
+              f"({time.time() - start:.0f} s)")
+        return 0
     if not args.skip_execute:
         from layerlab.core.io.results import record_timing
         for t in execute(args.profile, results_dir, args.data_dir, dtype=args.dtype):
