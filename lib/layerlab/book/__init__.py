@@ -1,8 +1,8 @@
-"""Building the book: ``build`` (papermill + Jupyter Book, ``python -m layerlab.book``), ``charts``, ``compare`` (the cross-paper page), ``estimate`` (time before starting)."""
+"""Building the book: ``build`` (papermill + Jupyter Book, ``python -m layerlab.book``), ``charts``, ``compare`` (the cross-paper page), ``dry_run`` (the full plan on tiny models), ``estimate`` (time before starting)."""
 
 import importlib
 
-SUBMODULES = ("build", "charts", "compare", "estimate")
+SUBMODULES = ("build", "charts", "compare", "dry_run", "estimate")
 
 
 def __getattr__(name: str):
