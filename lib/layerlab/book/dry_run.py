@@ -4,8 +4,8 @@
 executes every chapter of the full plan through papermill with the full profile's own
 grids, variants, loop counts, tasks, datasets and seeds, on tiny random models of each
 family the plan uses, and with only the sizes (items, documents, tokens, steps) cut to a
-few (``SIZES``). Then every claim function of the comparison page reads the results. A
-parameter combination that breaks fails here in minutes, not hours into a GPU run. The
+few (``SIZES``); ``scripts/claims_table.py <dir>/results`` then reads every claim of the
+comparison page from its results. A parameter combination that breaks fails here in minutes, not hours into a GPU run. The
 numbers mean nothing (random weights), and two paths cannot run on them: the Painters
 variants and the Hinostroza MMLU map run only on benchmarks where the unmodified model is
 above chance, which a random model never is (the chapters say so and skip them).

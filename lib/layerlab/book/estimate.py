@@ -36,7 +36,8 @@ def chapter_id(technique: str, model: str) -> str:
 def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto", min_seconds: float = 1.0) -> float:
     """Forward-pass speed of a registry model (or any ``layerlab.load`` name) in ``dtype``:
     tokens per second over ``CALIBRATION_TOKENS``-sized passes, after a warm-up pass,
-    repeated until ``min_seconds`` have passed. Non-LM names (not loadable) -> matmul GFLOP/s."""
+    repeated until ``min_seconds`` have passed. The Sokoban agent (``AGENT``) -> its training
+    windows per second; other non-LM names (not loadable) -> matmul GFLOP/s."""
     if model_name == AGENT:
         return agent_windows_per_second()
     if model_name not in embedded.REGISTRY and not Path(model_name).exists() and "/" not in model_name:

@@ -44,7 +44,7 @@ class Scores:
     variant, affected, loops, order_seed): per benchmark, label -> [seeds, items] array, the
     items in the unmodified model's order (a label missing an item of the base is left out)."""
 
-    def __init__(self, items: pd.DataFrame, chance: dict | None = None, column: str = "value"):
+    def __init__(self, items: pd.DataFrame, chance: dict | None = None):
         self.chance = evaluation.CHANCE if chance is None else chance
         self.mats: dict[str, dict[Label, np.ndarray]] = {}
         # the continuous score of the same items (the gold choice's margin over the best wrong one,
@@ -52,8 +52,8 @@ class Scores:
         self.margins: Scores | None = None
         if not len(items):
             return
-        if column == "value" and "margin" in items and np.isfinite(items["margin"].to_numpy(float)).any():
-            self.margins = Scores(items.assign(value=items["margin"]), self.chance, column="margin")
+        if "margin" in items and np.isfinite(items["margin"].to_numpy(float)).any():
+            self.margins = Scores(items.assign(value=items["margin"]).drop(columns="margin"), self.chance)
         items = items.assign(loops=items["loops"].astype(int), affected=items["affected"].astype(int))
         for ds, part in items.groupby("dataset"):
             base = part[part.variant == "base"]
