@@ -156,6 +156,36 @@ def test_chunking_keeps_shared_contexts_together_and_answers_do_not_depend_on_it
         prefix_eval.PrefixSharedLM(**kw, edits=[], chunk_tokens=0)
 
 
+def test_no_batch_needs_more_dense_logits_than_the_budget(monkeypatch):
+    """A long input batched with short ones makes HFLM's log-softmax window nearly as wide as
+    the long one (28 GB on Gemma3's 262k head with 5-shot MMLU): chunks keep every batch's
+    rows x window x vocab under LOGIT_BUDGET, and the answers do not change."""
+    rng = np.random.default_rng(3)
+    requests = [(("", ""), [int(t) for t in rng.integers(3, VOCAB, size=n)], [int(rng.integers(3, VOCAB))])
+                for n in (90, 40, 12, 11, 10, 9, 8, 8, 7, 6)]
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    vocab = prefix_eval._vocab(model)
+    assert vocab == model.config.vocab_size
+    loose = prefix_eval.chunks(requests, 10_000, batch_size=16, vocab=vocab, logit_budget=10 ** 12)
+    assert len(loose) == 1 and loose == prefix_eval.chunks(requests, 10_000)  # no vocab: tokens only
+    budget = 50 * vocab  # positions x vocab
+    tight = prefix_eval.chunks(requests, 10_000, batch_size=16, vocab=vocab, logit_budget=budget)
+    assert len(tight) > 1 and sorted(map(id, sum(tight, []))) == sorted(map(id, requests))
+    assert [len(c) for c in tight][0] == 1  # the 90-token input alone: 2 rows x a 52-position window is over
+
+    seen, original = [], prefix_eval.scored_logits
+    monkeypatch.setattr(prefix_eval, "scored_logits", lambda *a: seen.append(original(*a).numel()) or original(*a))
+    kw = dict(pretrained=model, tokenizer=tok, batch_size=16, device="cpu", softmax_dtype=torch.float32,
+              edits=list(edit_zoo(model).values()))
+    wide = prefix_eval.PrefixSharedLM(**kw)._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert max(seen) > budget  # without the bound one batch holds the long input and the short ones
+    monkeypatch.setattr(prefix_eval, "LOGIT_BUDGET", budget)
+    seen.clear()
+    bounded = prefix_eval.PrefixSharedLM(**kw)._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert 0 < max(seen) <= budget
+    np.testing.assert_allclose([x for x, _ in bounded], [x for x, _ in wide], atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, BF16])
 def test_shared_heldout_loss_equals_each_edited_model(dtype):
     model = tiny_model("gemma3_text", dtype=dtype)

@@ -24,7 +24,8 @@ chunk's requests, batch size, chunk size, edit count, dtype and device; a rerun 
 instead of computing the chunk again, so a killed run loses at most one chunk.
 
 Memory: one chunk's states for the distinct start blocks, [chunk rows, chunk length,
-d_model] each, whatever the number of items; the answers table grows by two numbers per
+d_model] each, whatever the number of items, and one batch's dense logits, at most
+``LOGIT_BUDGET`` elements (``chunks``); the answers table grows by two numbers per
 request and edit. Compute: one full pass of the unmodified model per chunk plus each
 edit's suffix. Generation requests (GSM8K) cannot share a prefix through a KV cache: they
 run on the edited model itself (``edits.applied``), as before.
@@ -50,6 +51,9 @@ from layerlab.core.eval.lm_eval_model import ScoredPositionsLM
 
 ITEM_METRICS = ("acc", "acc_norm", "exact_match")
 CAPTURE = "capture"
+# dense logits of one batch (rows x window x vocab) a chunk may need: 2^28 float32 is 1 GiB, and
+# HFLM's log-softmax holds about three such copies (ours in the model dtype, its float32 cast, the result)
+LOGIT_BUDGET = 2 ** 28
 
 
 class PrefixSharedLM(ScoredPositionsLM):
@@ -91,7 +95,7 @@ class PrefixSharedLM(ScoredPositionsLM):
         n_layers = arch.n_layers(self.model)
         self._keep = edits_mod.starts(self.edits) | {n_layers}
         try:
-            for chunk in chunks(requests, self.chunk_tokens):
+            for chunk in chunks(requests, self.chunk_tokens, self.batch_size, _vocab(self.model), LOGIT_BUDGET):
                 per_edit = self._journaled_chunk(chunk, n_layers)
                 for j, r in enumerate(chunk):
                     self._answers[_request_key(r)] = [answers[j] for answers in per_edit]
@@ -181,29 +185,51 @@ def scored_logits(model: nn.Module, h: torch.Tensor, spans: list[tuple[int, int]
     return out
 
 
+def _vocab(model: nn.Module) -> int:
+    """Rows of ``model``'s output head (the logits' last dimension)."""
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+
+
 def _request_key(request) -> tuple:
     _, context_enc, continuation_enc = request
     return tuple(context_enc), tuple(continuation_enc)
 
 
-def chunks(requests: list, chunk_tokens: int) -> list[list]:
+def chunks(requests: list, chunk_tokens: int, batch_size: int = 1, vocab: int = 0,
+           logit_budget: int = LOGIT_BUDGET) -> list[list]:
     """Requests in lm-eval's order (longest first), cut into chunks whose distinct model
     inputs add up to at most ``chunk_tokens`` tokens (at least one input each); requests
     that lm-eval would score from one model input (same context, one-token continuations)
-    stay in one chunk."""
+    stay in one chunk.
+
+    With ``vocab`` (the head's rows) a chunk is also cut before the dense logits HFLM
+    log-softmaxes for one of its batches could exceed ``logit_budget`` elements:
+    min(inputs, ``batch_size``) rows x the window from the chunk's first scored position to
+    its longest input (``scored_logits``). A batch that mixes a long input with short ones
+    needs a window nearly as wide as the long one: with a 262k-token head (Gemma3) and
+    5-shot MMLU that was 28 GB. A single input always makes a chunk."""
     groups: dict[tuple, list] = {}
     for r in requests:
         _, ctx, cont = r
         groups.setdefault(tuple(ctx) + tuple(cont[:-1]), []).append(r)
     ordered = sorted(groups.values(), key=lambda g: (-len(g[0][1] + g[0][2]), tuple(g[0][1] + g[0][2])))
-    out, current, used = [], [], 0
+    out, current, used, rows, width, first = [], [], 0, 0, 0, 0
     for g in ordered:
         size = len(g[0][1]) + len(g[0][2])
-        if current and used + size > chunk_tokens:
-            out.append(current)
-            current, used = [], 0
+        inp, g_first = size - 1, min(len(r[1]) for r in g) - 1  # model input length, first scored position
+        if current:
+            window = max(width, inp) - min(first, g_first) + 1
+            too_wide = vocab and min(rows + 1, batch_size) * window * vocab > logit_budget
+            if used + size > chunk_tokens or too_wide:
+                out.append(current)
+                current, used, rows = [], 0, 0
+        if not current:
+            width, first = inp, g_first
         current += g
         used += size
+        rows += 1
+        width, first = max(width, inp), min(first, g_first)
     if current:
         out.append(current)
     return out
