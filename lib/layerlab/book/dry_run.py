@@ -21,7 +21,7 @@ from layerlab.core.model import embedded
 
 # Each registry model's tiny stand-in: its own config (architecture, tokenizer, special
 # tokens, attention pattern, tied head, norms) with only widths and depth shrunk.
-DECODER_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+DECODER_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
                      num_key_value_heads=2, head_dim=16)
 ENCODER_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4)
 ENCODERS = ("minilm-l6",)
@@ -29,14 +29,14 @@ ENCODERS = ("minilm-l6",)
 # The only parameters a dry run changes: how much, never which. Every other setting is the
 # full profile's own.
 SIZES: dict[str, dict] = {
-    "laser": dict(limit=4, other_limit=4),
-    "laser_sokoban": dict(n_val=2, n_test=2, train_steps=2, n_train=8),
-    "prune": dict(limit=2, heal_steps=1),  # MMLU's limit is per subject: 2 x 57 items
-    "painters": dict(limit=4, gsm8k_limit=1, encoder_limit=8),
-    "beyond_criteria": dict(docs=4, seq_len=16, fit_tokens=8, n_boot=20, mmlu_limit=2),
-    "beyond_sublayers": dict(calib_docs=2, calib_len=16, loss_docs=2, seq_len=16, limit=2),
-    "beyond_healing": dict(heal_steps=1, limit=2),
-    "beyond_laser": dict(limits=4),
+    "laser": dict(limit=10, other_limit=10),
+    "laser_sokoban": dict(n_val=4, n_test=4, train_steps=2, n_train=16),
+    "prune": dict(limit=8, heal_steps=2),
+    "painters": dict(limit=8, gsm8k_limit=2, encoder_limit=16),
+    "beyond_criteria": dict(docs=4, seq_len=32, fit_tokens=16, n_boot=50, mmlu_limit=8),
+    "beyond_sublayers": dict(calib_docs=4, calib_len=32, loss_docs=4, seq_len=32, limit=8),
+    "beyond_healing": dict(heal_steps=2, limit=8),
+    "beyond_laser": dict(limits=10),
 }
 
 
