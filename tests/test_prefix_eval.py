@@ -164,8 +164,7 @@ def test_no_batch_needs_more_dense_logits_than_the_budget(monkeypatch):
     requests = [(("", ""), [int(t) for t in rng.integers(3, VOCAB, size=n)], [int(rng.integers(3, VOCAB))])
                 for n in (90, 40, 12, 11, 10, 9, 8, 8, 7, 6)]
     model, tok = tiny_model("llama"), tiny_tokenizer()
-    vocab = prefix_eval._vocab(model)
-    assert vocab == model.config.vocab_size
+    vocab = model.config.vocab_size
     loose = prefix_eval.chunks(requests, 10_000, batch_size=16, vocab=vocab, logit_budget=10 ** 12)
     assert len(loose) == 1 and loose == prefix_eval.chunks(requests, 10_000)  # no vocab: tokens only
     budget = 50 * vocab  # positions x vocab

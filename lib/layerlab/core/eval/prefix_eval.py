@@ -95,7 +95,8 @@ class PrefixSharedLM(ScoredPositionsLM):
         n_layers = arch.n_layers(self.model)
         self._keep = edits_mod.starts(self.edits) | {n_layers}
         try:
-            for chunk in chunks(requests, self.chunk_tokens, self.batch_size, _vocab(self.model), LOGIT_BUDGET):
+            for chunk in chunks(requests, self.chunk_tokens, self.batch_size, self.model.config.vocab_size,
+                                LOGIT_BUDGET):
                 per_edit = self._journaled_chunk(chunk, n_layers)
                 for j, r in enumerate(chunk):
                     self._answers[_request_key(r)] = [answers[j] for answers in per_edit]
@@ -185,12 +186,6 @@ def scored_logits(model: nn.Module, h: torch.Tensor, spans: list[tuple[int, int]
     return out
 
 
-def _vocab(model: nn.Module) -> int:
-    """Rows of ``model``'s output head (the logits' last dimension)."""
-    head = model.get_output_embeddings()
-    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
-
-
 def _request_key(request) -> tuple:
     _, context_enc, continuation_enc = request
     return tuple(context_enc), tuple(continuation_enc)
@@ -219,7 +214,7 @@ def chunks(requests: list, chunk_tokens: int, batch_size: int = 1, vocab: int = 
         size = len(g[0][1]) + len(g[0][2])
         inp, g_first = size - 1, min(len(r[1]) for r in g) - 1  # model input length, first scored position
         if current:
-            window = max(width, inp) - min(first, g_first) + 1
+            window = width - min(first, g_first) + 1  # a chunk's first input is its longest
             too_wide = vocab and min(rows + 1, batch_size) * window * vocab > logit_budget
             if used + size > chunk_tokens or too_wide:
                 out.append(current)
@@ -229,7 +224,7 @@ def chunks(requests: list, chunk_tokens: int, batch_size: int = 1, vocab: int = 
         current += g
         used += size
         rows += 1
-        width, first = max(width, inp), min(first, g_first)
+        first = min(first, g_first)
     if current:
         out.append(current)
     return out
