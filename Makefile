@@ -38,7 +38,7 @@ $(STAMP): environment.yml lib/pyproject.toml scripts/env_requirements.py
 	@touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=12 tests
 
 # the fast unit tests only (tiny random models, seconds)
 test-fast: setup

@@ -212,3 +212,18 @@ def test_encoder_evaluate_stores_points_and_items_and_resumes(tmp_path):
 def test_a_profile_can_run_one_size_of_the_spread():
     assert painters_run.sizes(30, None, [0.27]) == [8] and painters_run.sizes(28, None, [0.27]) == [8]
     assert painters_run.PROFILES["quick"]["spread"] == [0.27]
+
+
+def test_config_checks_at_chance_and_sim_docs_and_the_head_names_encoder_limit():
+    assert painters_run.config("full")["at_chance"] == "skip"  # the paper's protocol unless asked
+    assert painters_run.config("full", at_chance="run", sim_docs=4)["sim_docs"] == 4
+    with pytest.raises(ValueError, match="at_chance.*allowed: skip, run"):
+        painters_run.config("full", at_chance="always")
+    with pytest.raises(ValueError, match="sim_docs"):
+        painters_run.config("quick", sim_docs=0)
+    base = Spec("base", 0, 0, 1)
+    features, target = {base: np.random.default_rng(0).normal(size=(8, 3))}, np.array([0, 1] * 4)
+    with pytest.raises(ValueError, match="encoder_limit: 8 items"):  # 4 per class, 5 folds
+        painters_encoder.fixed_head_predictions(features, base, target, "classification")
+    features, target = {base: np.random.default_rng(0).normal(size=(20, 3))}, np.array([0, 1] * 10)
+    assert len(painters_encoder.fixed_head_predictions(features, base, target, "classification")[base][0]) == 20

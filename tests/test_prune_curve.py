@@ -106,6 +106,12 @@ def test_profile_config_quick_budget_and_validation():
         prune_curve.profile_config("smoke", healsteps=3)
     with pytest.raises(ValueError, match="limit"):
         prune_curve.profile_config("smoke", limit=-1)
+    # the text sizes (the full profile's dry run cuts them) are notebook parameters, checked alike
+    cut = prune_curve.profile_config("full", distance_docs=8, distance_len=32, loss_chunks=4, seq_len=32)
+    assert (cut["distance_docs"], cut["distance_len"], cut["loss_chunks"], cut["seq_len"]) == (8, 32, 4, 32)
+    for name in ("distance_docs", "distance_len", "loss_chunks", "seq_len"):
+        with pytest.raises(ValueError, match=name):
+            prune_curve.profile_config("full", **{name: 0})
 
 
 def test_per_document_distances_average_to_the_distance_map():

@@ -5,10 +5,11 @@ executes every chapter of the full plan through papermill with the full profile'
 grids, variants, loop counts, tasks, datasets and seeds, on tiny random models of each
 family the plan uses, and with only the sizes (items, documents, tokens, steps) cut to a
 few (``SIZES``); ``scripts/claims_table.py <dir>/results`` then reads every claim of the
-comparison page from its results. A parameter combination that breaks fails here in minutes, not hours into a GPU run. The
-numbers mean nothing (random weights), and two paths cannot run on them: the Painters
-variants and the Hinostroza MMLU map run only on benchmarks where the unmodified model is
-above chance, which a random model never is (the chapters say so and skip them).
+comparison page from its results (``make test`` does both: ``tests/test_full_dry_run.py``).
+A parameter combination that breaks fails here in minutes, not hours into a GPU run. The
+numbers mean nothing (random weights). On them every benchmark is at chance, so the Painters
+variants are switched on there (``SWITCHES``); the Hinostroza MMLU map, which runs only where
+the unmodified model is above chance, is still skipped (the chapter says so).
 """
 
 from __future__ import annotations
@@ -21,23 +22,32 @@ from layerlab.core.model import embedded
 
 # Each registry model's tiny stand-in: its own config (architecture, tokenizer, special
 # tokens, attention pattern, tied head, norms) with only widths and depth shrunk.
-DECODER_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
+DECODER_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
                      num_key_value_heads=2, head_dim=16)
 ENCODER_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4)
 ENCODERS = ("minilm-l6",)
 
-# The only parameters a dry run changes: how much, never which. Every other setting is the
-# full profile's own.
+# The parameters a dry run cuts: how much, never which (with ``SWITCHES`` below, the only ones it
+# changes). Every other setting is the full profile's own.
 SIZES: dict[str, dict] = {
-    "laser": dict(limit=10, other_limit=10),
-    "laser_sokoban": dict(n_val=4, n_test=4, train_steps=2, n_train=16),
-    "prune": dict(limit=8, heal_steps=2),
-    "painters": dict(limit=8, gsm8k_limit=2, encoder_limit=16),
-    "beyond_criteria": dict(docs=4, seq_len=32, fit_tokens=16, n_boot=50, mmlu_limit=8),
-    "beyond_sublayers": dict(calib_docs=4, calib_len=32, loss_docs=4, seq_len=32, limit=8),
-    "beyond_healing": dict(heal_steps=2, limit=8),
-    "beyond_laser": dict(limits=10),
+    "laser": dict(limit=5, other_limit=5),  # 5 items: one validation item, four test items (the 20/80 split)
+    "laser_sokoban": dict(n_val=1, n_test=2, train_steps=2, n_train=8, n_seeds=2),
+    # MMLU's limit is per subject: 2 x 57 items; the held-out loss over a 262k-row head (Gemma 3) was
+    # half of a chapter's time at the full profile's 64 x 256 tokens
+    "prune": dict(limit=2, heal_steps=1, distance_docs=8, distance_len=32, loss_chunks=4, seq_len=32),
+    # the GLUE head is cross-fitted in 5 folds; the per-layer lens over a 262k-row head was 150 s at 64 documents
+    "painters": dict(limit=4, gsm8k_limit=1, encoder_limit=24, sim_docs=4),
+    "beyond_criteria": dict(docs=4, seq_len=16, fit_tokens=8, n_boot=20, mmlu_limit=2),
+    "beyond_sublayers": dict(calib_docs=2, calib_len=16, loss_docs=2, seq_len=16, limit=2),
+    "beyond_healing": dict(heal_steps=1, limit=2, distance_docs=8, distance_len=32, loss_chunks=4, seq_len=32),
+    "beyond_laser": dict(limits=5),
 }
+
+
+# What a dry run switches on besides sizes, because random weights are at chance on every
+# benchmark: the Painters variants run there too (raw accuracies, in no claim), so every schedule
+# of the full grid goes through lm-eval.
+SWITCHES: dict[str, dict] = {"painters": dict(at_chance="run")}
 
 
 def tiny_copy(name: str, folder: Path, seed: int = 0) -> Path:
@@ -73,13 +83,14 @@ def tiny_copy(name: str, folder: Path, seed: int = 0) -> Path:
 def plan(chapters: list[tuple[str, str, dict]], folder: Path) -> list[tuple[str, str, dict]]:
     """The full plan's (technique, model, parameters) with each registry model replaced by
     its tiny copy (the Painters encoder too) and the chapter's ``SIZES`` applied. Models
-    that are not in the registry (the Sokoban agent, trained in the chapter) stay."""
+    that are not in the registry (the Sokoban agent, trained in the chapter) stay; ``SWITCHES``
+    are applied too."""
     def swap(name: str) -> str:
         return str(tiny_copy(name, folder)) if name in embedded.REGISTRY else name
 
     out = []
     for technique, model, extra in chapters:
-        extra = {**extra, **SIZES.get(technique, {})}
+        extra = {**extra, **SIZES.get(technique, {}), **SWITCHES.get(technique, {})}
         if extra.get("encoder"):
             extra["encoder"] = swap(extra["encoder"])
         out.append((technique, swap(model), extra))

@@ -123,6 +123,10 @@ def fixed_head_predictions(features: dict, base: Spec, target: np.ndarray, kind:
     from sklearn.model_selection import KFold, StratifiedKFold
     if train is None:
         split = (StratifiedKFold if kind == "classification" else KFold)(folds, shuffle=True, random_state=seed)
+        counts = np.unique(target, return_counts=True)[1] if kind == "classification" else [len(target)]
+        if max(counts) < folds:
+            raise ValueError(f"encoder_limit: {len(target)} items give no class {folds} items for the {folds}-fold "
+                             f"cross-fitted head; allowed: more items (about {folds * len(counts)} or more)")
         parts = list(split.split(features[base], target))
     else:
         parts = [(np.flatnonzero(train), np.flatnonzero(~train))]

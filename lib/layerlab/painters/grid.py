@@ -130,8 +130,9 @@ def evaluate_specs(model: nn.Module, tokenizer, model_name: str, store: results.
                     part = items[items.dataset == t]
                     store.put(ITEMS, keys[s][t], part.assign(n_items=len(part)))
                     store.put(TECHNIQUE, keys[s][t], rows[rows.dataset == t])
-    return pd.concat([store.get(TECHNIQUE, keys[s][t]) for s, tasks in spec_tasks.items() for t in tasks],
-                     ignore_index=True)
+    frames = [store.get(TECHNIQUE, keys[s][t]) for s, tasks in spec_tasks.items() for t in tasks]
+    # no (spec, task) asked (every benchmark at chance: no variant runs) -> no rows
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def evaluate(model: nn.Module, tokenizer, model_name: str, store: results.ResultStore, spec: Spec,
@@ -171,6 +172,9 @@ def normalise(table: pd.DataFrame) -> pd.DataFrame:
     keep = informative(table)
     main = main_rows(table)
     main = main[main.dataset.isin(keep)].copy()
+    if main.empty:  # every benchmark at chance: nothing can be normalised
+        return pd.DataFrame(columns=["variant", "affected", "n_outer", "loops", "dataset", "value", "normalised",
+                                     "seed_sd", "n_items", "seeds", "ci_low", "ci_high"])
     base = main[main.variant == "base"].set_index("dataset")["value"]
     chance = main["dataset"].map(evaluation.CHANCE)
     main["normalised"] = (main["value"] - chance) / (main["dataset"].map(base) - chance)

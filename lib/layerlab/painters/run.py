@@ -21,7 +21,7 @@ from . import distributed as painters_distributed
 PROFILES = {
     "smoke": dict(variants=["skip", "reverse", "random", "looped_parallel"], affected=[2], loop_counts=[1, 2],
                   benchmarks=["arc_easy", "lambada"], limit=6, gsm8k_limit=1, order_seeds=[0, 1],
-                  encoder_limit=60, encoder_affected=[2], sim_docs=4, layer_sensitivity=False),
+                  encoder_limit=60, encoder_affected=[2], sim_docs=4, layer_sensitivity=False, at_chance="skip"),
     # #29: spent where it decides. At 16 items on six benchmarks only ARC-Easy cleared the floor
     # (the other five at chance: LAMBADA and GSM8K cannot enter any claim), so a comparison of two
     # variants had 16 items and an MDE of ~47 pp. Now ARC-Easy alone at 256 items (MDE ~8-11 pp
@@ -32,11 +32,18 @@ PROFILES = {
     "quick": dict(variants=list(schedule.VARIANTS), affected=None, spread=[0.27], loop_counts=[1, 3],
                   benchmarks=["arc_easy"], limit=256, gsm8k_limit=3, order_seeds=[0, 1, 2], encoder_limit=200,
                   encoder_affected=[4], sim_docs=16,
-                  layer_sensitivity=False),  # #13: the per-layer lens in full only; #22: the encoder's 2-layer size too
+                  layer_sensitivity=False, at_chance="skip"),  # #13: the per-layer lens in full only; #22: the encoder's 2-layer size too
     "full": dict(variants=list(schedule.VARIANTS + schedule.SUBLAYER_VARIANTS), affected=None, loop_counts=[1, 2, 3, 4, 6, 8],
                  benchmarks=list(painters.BENCHMARKS), limit=None, gsm8k_limit=None, order_seeds=list(range(10)),
-                 encoder_limit=None, encoder_affected=[2, 4], sim_docs=64, layer_sensitivity=True),
+                 encoder_limit=None, encoder_affected=[2, 4], sim_docs=64, layer_sensitivity=True, at_chance="skip"),
 }
+
+
+# where the variants run: "skip" leaves out the benchmarks on which the unmodified model is at
+# chance (the paper's normalisation divides by base - chance); "run" runs them there too, as raw
+# accuracies in no normalised score and no claim (the claims keep only benchmarks above the floor).
+# The full profile's dry run uses "run": on random weights every benchmark is at chance.
+AT_CHANCE = ("skip", "run")
 
 
 def config(profile: str, **overrides) -> dict:
@@ -52,6 +59,10 @@ def config(profile: str, **overrides) -> dict:
         raise ValueError(f"variants: unknown {bad}; allowed: {', '.join(schedule.VARIANTS + schedule.SUBLAYER_VARIANTS)}")
     if any(not isinstance(k, int) or k < 1 for k in cfg["loop_counts"]):
         raise ValueError(f"loop_counts: every k must be an integer >= 1; got {cfg['loop_counts']}")
+    if cfg["at_chance"] not in AT_CHANCE:
+        raise ValueError(f"at_chance: {cfg['at_chance']!r} is not allowed; allowed: {', '.join(AT_CHANCE)}")
+    if isinstance(cfg["sim_docs"], bool) or not isinstance(cfg["sim_docs"], int) or cfg["sim_docs"] < 1:
+        raise ValueError(f"sim_docs: {cfg['sim_docs']!r} is not allowed; allowed: an integer >= 1")
     return cfg
 
 
@@ -73,8 +84,9 @@ def run_decoder(lm, tok, model: str, store: results.ResultStore, cfg: dict, seed
     on the others; GSM8K (generative, slow) only for skip, parallel and looped parallel
     (k=3) at the middle size. On Ray every schedule, the unmodified one too, runs as Ray
     tasks and is read from the store, so ``lm`` may be weightless (``planning.skeleton``:
-    its plan is the runtime the tasks must run). Returns {table, items, norm, med_main,
-    base_main, skipped, limits, affected, n_layers, specs}."""
+    its plan is the runtime the tasks must run). ``cfg["at_chance"]`` "run": the variants run
+    on the benchmarks at chance too (``AT_CHANCE``). Returns {table, items, norm, med_main,
+    base_main, skipped (the benchmarks at chance), limits, affected, n_layers, specs, at_chance}."""
     L = arch.n_layers(lm)
     cfg = dict(cfg, affected=sizes(L, cfg["affected"], cfg.get("spread", SPREAD)))
     all_specs = painters.specs(L, cfg["affected"], cfg["variants"], cfg["order_seeds"], cfg["loop_counts"])
@@ -83,7 +95,8 @@ def run_decoder(lm, tok, model: str, store: results.ResultStore, cfg: dict, seed
         "runtime": getattr(lm, "layerlab_planned", None) or models.runtime(lm),
         "args": dict(device=device, dtype=dtype, ray_address=ray_address, workers=workers)}
     base_table = _evaluate(lm, tok, model, store, {all_specs[0]: cfg["benchmarks"]}, limits, seed, data_dir, ray)
-    useful = painters.informative(base_table)
+    above = painters.informative(base_table)
+    useful = above if cfg["at_chance"] == "skip" else list(cfg["benchmarks"])
     mid_outer = (L - cfg["affected"][len(cfg["affected"]) // 2]) // 2
     gsm_specs = {s for s in all_specs if s.n_outer == mid_outer and (
         s.variant in ("skip", "parallel") or (s.variant == "looped_parallel" and s.loops == 3))}
@@ -93,7 +106,8 @@ def run_decoder(lm, tok, model: str, store: results.ResultStore, cfg: dict, seed
     norm = painters.normalise(table)
     return dict(table=table, items=painters.items_of(store, table), norm=norm, limits=limits, n_layers=L,
                 med_main=painters.median_score(norm[norm.dataset != "gsm8k"]), base_main=painters.main_rows(base_table),
-                skipped=[b for b in cfg["benchmarks"] if b not in useful], affected=cfg["affected"], specs=all_specs)
+                skipped=[b for b in cfg["benchmarks"] if b not in above], affected=cfg["affected"], specs=all_specs,
+                at_chance=cfg["at_chance"])
 
 
 def _evaluate(lm, tok, model: str, store: results.ResultStore, spec_tasks: dict, limits: dict, seed: int,
@@ -109,7 +123,8 @@ def _evaluate(lm, tok, model: str, store: results.ResultStore, spec_tasks: dict,
                                    expected_runtime=runtime, **ray["args"])
     keys = [painters.point_key(model, s, t, limits.get(t), runtime, seed, data_dir)
             for s, ts in spec_tasks.items() for t in ts]
-    return pd.concat([store.get(painters.TECHNIQUE, k) for k in keys], ignore_index=True)
+    frames = [store.get(painters.TECHNIQUE, k) for k in keys]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # no variant asked: no rows
 
 
 def decoder(model: str, store: results.ResultStore, cfg: dict, seed: int = 0, data_dir=None, executor: str = "local",

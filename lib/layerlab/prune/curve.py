@@ -42,7 +42,7 @@ PROFILES = {
                  loss_chunks=64, seq_len=256, payoff_fractions=[0.25, 0.5]),
 }
 OVERRIDABLE = ("fractions", "heal_fractions", "heal_steps", "lora_rank", "eval_tasks", "heuristic_tasks", "limit",
-               "payoff_fractions")
+               "payoff_fractions", "distance_docs", "distance_len", "loss_chunks", "seq_len")
 VARIANTS = {(False, "similarity"): "similarity", (False, "deepest"): "deepest (heuristic)",
             (True, "similarity"): "similarity + healing", (True, "deepest"): "deepest + healing"}
 
@@ -50,7 +50,8 @@ VARIANTS = {(False, "similarity"): "similarity", (False, "deepest"): "deepest (h
 def profile_config(profile: str, **overrides) -> dict:
     """The profile's settings with every override that is not None (notebook parameters;
     lists may come as the strings papermill's -p passes), validated: known tasks,
-    fractions in [0, 1), heal_steps and lora_rank integers >= 1."""
+    fractions in [0, 1), heal_steps, lora_rank and the text sizes (distance_docs, distance_len,
+    loss_chunks, seq_len) integers >= 1."""
     params.check_names(profile, PROFILES, overrides, OVERRIDABLE)
     cfg = params.override(PROFILES[profile], **overrides)
     for name in ("eval_tasks", "heuristic_tasks"):
@@ -61,7 +62,7 @@ def profile_config(profile: str, **overrides) -> dict:
         bad = [f for f in cfg[name] if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1]
         if bad:
             raise ValueError(f"{name}: {bad} are not fractions of layers; allowed: numbers in [0, 1)")
-    for name in ("heal_steps", "lora_rank"):
+    for name in ("heal_steps", "lora_rank", "distance_docs", "distance_len", "loss_chunks", "seq_len"):
         if isinstance(cfg[name], bool) or not isinstance(cfg[name], int) or cfg[name] < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {cfg[name]!r}")
     if cfg["limit"] is not None and (isinstance(cfg["limit"], bool) or not isinstance(cfg["limit"], (int, float))
