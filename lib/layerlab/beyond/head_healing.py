@@ -46,7 +46,7 @@ PROFILES = {
     "full": dict(fractions=[0.25], tasks=["mmlu", "boolq"], heal_steps=1000),  # 25%: Lu et al.'s fraction
 }
 OVERRIDABLE = ("fractions", "tasks", "methods", "heal_steps", "lora_rank", "limit", "partial_lr", "last", "tied",
-               "distance_docs", "distance_len", "loss_chunks", "seq_len")
+               *curve.TEXT_SIZES)
 
 
 def profile_config(profile: str, **overrides) -> dict:

@@ -41,8 +41,10 @@ PROFILES = {
                  heuristic_tasks=["mmlu", "boolq"], limit=None, distance_docs=200, distance_len=256,
                  loss_chunks=64, seq_len=256, payoff_fractions=[0.25, 0.5]),
 }
+# the text the chapter reads: distance-map documents and their length, held-out loss chunks, chunk length
+TEXT_SIZES = ("distance_docs", "distance_len", "loss_chunks", "seq_len")
 OVERRIDABLE = ("fractions", "heal_fractions", "heal_steps", "lora_rank", "eval_tasks", "heuristic_tasks", "limit",
-               "payoff_fractions", "distance_docs", "distance_len", "loss_chunks", "seq_len")
+               "payoff_fractions", *TEXT_SIZES)
 VARIANTS = {(False, "similarity"): "similarity", (False, "deepest"): "deepest (heuristic)",
             (True, "similarity"): "similarity + healing", (True, "deepest"): "deepest + healing"}
 
@@ -62,7 +64,7 @@ def profile_config(profile: str, **overrides) -> dict:
         bad = [f for f in cfg[name] if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1]
         if bad:
             raise ValueError(f"{name}: {bad} are not fractions of layers; allowed: numbers in [0, 1)")
-    for name in ("heal_steps", "lora_rank", "distance_docs", "distance_len", "loss_chunks", "seq_len"):
+    for name in ("heal_steps", "lora_rank", *TEXT_SIZES):
         if isinstance(cfg[name], bool) or not isinstance(cfg[name], int) or cfg[name] < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {cfg[name]!r}")
     if cfg["limit"] is not None and (isinstance(cfg["limit"], bool) or not isinstance(cfg["limit"], (int, float))
