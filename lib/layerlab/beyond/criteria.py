@@ -97,8 +97,8 @@ def token_criteria(hidden: Sequence[torch.Tensor], mask: torch.Tensor, ns: Seque
 def fit_positions(length: int, k: int) -> torch.Tensor:
     """Up to k positions evenly spaced over 1..length-1 (position 0 left out), distinct."""
     if length < 2 or k < 1:
-        return torch.zeros(0, dtype=torch.long)
-    return torch.linspace(1, length - 1, min(k, length - 1)).round().long().unique()
+        return torch.zeros(0, dtype=torch.long, device="cpu")
+    return torch.linspace(1, length - 1, min(k, length - 1), device="cpu").round().long().unique()
 
 
 def linear_fit_scores(samples: Sequence[torch.Tensor], ns: Sequence[int], ridge: float = RIDGE) -> np.ndarray:
@@ -118,7 +118,7 @@ def linear_fit_scores(samples: Sequence[torch.Tensor], ns: Sequence[int], ridge:
         fit, test = [i for i in range(docs) if fold[i] != f], [i for i in range(docs) if fold[i] == f]
         x_fit = torch.cat([samples[i] for i in fit], 1).float()    # [L+1, N_fit, d]
         x_test = torch.cat([samples[i] for i in test], 1).float()  # [L+1, N_test, d]
-        who = torch.as_tensor(np.concatenate([owner[owner == i] for i in test]))
+        who = torch.as_tensor(np.concatenate([owner[owner == i] for i in test]), device="cpu")
         mu = x_fit.double().mean(1, keepdim=True).float()
         xc, tc = x_fit - mu, x_test - mu
         d = xc.shape[-1]
@@ -127,13 +127,13 @@ def linear_fit_scores(samples: Sequence[torch.Tensor], ns: Sequence[int], ridge:
             if not outs:
                 continue
             g = (xc[layer].T @ xc[layer]).double()
-            g += ridge * torch.trace(g) / d * torch.eye(d, dtype=g.dtype)
+            g += ridge * torch.trace(g) / d * torch.eye(d, dtype=g.dtype, device=g.device)
             y = torch.cat([xc[b] for b in outs], 1)                 # [N_fit, d * m]
             w = torch.linalg.solve(g, (xc[layer].T @ y).double()).float()  # [d, d * m]
             resid = (tc[layer] @ w - torch.cat([tc[b] for b in outs], 1)).view(len(who), len(outs), d)
             target = torch.stack([tc[b] for b in outs], 1)          # centred at the fit fold's mean
-            num = torch.zeros(docs, len(outs), dtype=torch.float64).index_add_(0, who, (resid ** 2).sum(-1).double())
-            den = torch.zeros(docs, len(outs), dtype=torch.float64).index_add_(0, who, (target ** 2).sum(-1).double())
+            num = torch.zeros(docs, len(outs), dtype=torch.float64, device="cpu").index_add_(0, who, (resid ** 2).sum(-1).double())
+            den = torch.zeros(docs, len(outs), dtype=torch.float64, device="cpu").index_add_(0, who, (target ** 2).sum(-1).double())
             for j, b in enumerate(outs):
                 out[test, list(ns).index(b - layer), layer] = (num[test, j] / den[test, j]).cpu().numpy()
     return out

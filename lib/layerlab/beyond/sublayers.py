@@ -93,7 +93,7 @@ def doc_chunks(tokenizer, texts: list[str], length: int, n_docs: int) -> torch.T
             break
     if len(rows) < 2:
         raise ValueError(f"fewer than 2 documents of {length} tokens")
-    return torch.tensor(rows)
+    return torch.tensor(rows, device="cpu")
 
 
 def texts(cfg: dict, tokenizer, data_dir=None) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
@@ -117,7 +117,7 @@ def similarities(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tenso
     spec, par = sublayer.family(model), sublayer.parallel(model)
     blocks = arch.blocks(model)
     n = len(blocks)
-    sums, count, last_states = torch.zeros(3, n, dtype=torch.float64), 0, []
+    sums, count, last_states = torch.zeros(3, n, dtype=torch.float64, device="cpu"), 0, []
 
     def cos_sum(a: torch.Tensor, b: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)[real].double().sum().cpu()

@@ -44,7 +44,7 @@ def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto"
         return matmul_gflops()
     lm, _ = models.load(model_name, dtype=dtype, device=device)
     rows, length = CALIBRATION_TOKENS
-    ids = torch.randint(100, 1000, (rows, length), generator=torch.Generator().manual_seed(0)).to(lm.device)
+    ids = torch.randint(100, 1000, (rows, length), generator=torch.Generator().manual_seed(0), device="cpu").to(lm.device)
     lm(input_ids=ids[:1, :16])  # warm-up: kernels, allocator
     done, start = 0, time.perf_counter()
     while True:
@@ -82,7 +82,7 @@ def agent_windows_per_second(min_seconds: float = 1.0, threads: int = 1) -> floa
         batch = agent_mod._inputs(rng.random((b, k, dim), dtype=np.float32), rng.integers(0, 4, (b, k)),
                                   rng.random((b, k), dtype=np.float32), rng.integers(0, 60, (b, k)), cfg, "cpu",
                                   torch.float32)
-        target = torch.as_tensor(rng.integers(0, 4, (b, k)))
+        target = torch.as_tensor(rng.integers(0, 4, (b, k)), device="cpu")
 
         def step() -> None:
             with torch.enable_grad():
@@ -105,7 +105,7 @@ def agent_windows_per_second(min_seconds: float = 1.0, threads: int = 1) -> floa
 def matmul_gflops(min_seconds: float = 0.5) -> float:
     """float32 matmul speed of this machine (GFLOP/s), ``MATMUL``-sized."""
     m, k, n = MATMUL
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    a, b = torch.randn(m, k, device="cpu"), torch.randn(k, n, device="cpu")
     a @ b
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < min_seconds:

@@ -230,7 +230,7 @@ def mp_edge(s: torch.Tensor, shape: tuple[int, int]) -> tuple[float, float]:
     beta = min(out, in) / max(out, in), edge = sigma * (1 + sqrt(beta)). Computed in
     float64. Returns (edge, sigma), in the units of the singular values."""
     s = s.detach().double().cpu()
-    q25, q75 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    q25, q75 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=torch.float64, device="cpu"))
     sigma = float(q75 - q25) / IQR_TO_SIGMA
     beta = min(shape) / max(shape)
     return sigma * (1 + math.sqrt(beta)), sigma

@@ -245,7 +245,7 @@ def hidden_similarity(states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """
     real = mask.bool().to(states.device)
     n_b = states.shape[0]
-    total = torch.zeros(n_b, n_b, dtype=torch.float64)
+    total = torch.zeros(n_b, n_b, dtype=torch.float64, device="cpu")
     count = 0
     for b in range(states.shape[1]):  # one sequence at a time, float32 on the device, summed in float64 on the CPU
         vecs = torch.nn.functional.normalize(states[:, b, real[b]].float(), dim=-1)  # [L+1, tokens, d]

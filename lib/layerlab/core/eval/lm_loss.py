@@ -27,7 +27,7 @@ def text_chunks(tokenizer, texts: Sequence[str], length: int, max_chunks: int | 
         n = min(n, max_chunks)
     if n == 0:
         raise ValueError(f"not enough text for one chunk of {length} tokens")
-    return torch.tensor(ids[: n * length]).view(n, length)
+    return torch.tensor(ids[: n * length], device="cpu").view(n, length)
 
 
 @torch.no_grad()

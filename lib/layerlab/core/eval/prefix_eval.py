@@ -178,8 +178,8 @@ def scored_logits(model: nn.Module, h: torch.Tensor, spans: list[tuple[int, int]
         return runner.finish(model, h)
     width = h.shape[1]
     keep = width - min(first for first, _ in spans)
-    rows = torch.cat([torch.full((n - first,), b) for b, (first, n) in enumerate(spans)]).to(h.device)
-    cols = torch.cat([torch.arange(first, n) for first, n in spans]).to(h.device)
+    rows = torch.cat([torch.full((n - first,), b, device=h.device) for b, (first, n) in enumerate(spans)])
+    cols = torch.cat([torch.arange(first, n, device=h.device) for first, n in spans])
     picked = runner.finish(model, h[rows, cols].unsqueeze(0))[0]  # [P, vocab]
     out = picked.new_zeros((h.shape[0], keep, picked.shape[-1]))
     out[rows, cols - (width - keep)] = picked

@@ -121,18 +121,18 @@ def encode(tokenizer, contexts: Sequence[str], continuations: Sequence[str],
             return
         length = max(len(encoded[i][0]) + len(encoded[i][1]) for i in current)
         k = max(len(encoded[i][1]) for i in current)
-        ids = torch.full((len(current), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(current), length), dtype=torch.long)
-        tpos = torch.zeros((len(current), k), dtype=torch.long)
-        tids = torch.zeros((len(current), k), dtype=torch.long)
-        tmask = torch.zeros((len(current), k), dtype=torch.bool)
+        ids = torch.full((len(current), length), pad, dtype=torch.long, device="cpu")
+        mask = torch.zeros((len(current), length), dtype=torch.long, device="cpu")
+        tpos = torch.zeros((len(current), k), dtype=torch.long, device="cpu")
+        tids = torch.zeros((len(current), k), dtype=torch.long, device="cpu")
+        tmask = torch.zeros((len(current), k), dtype=torch.bool, device="cpu")
         for b, i in enumerate(current):
             c, t = encoded[i]
             seq = c + t
-            ids[b, :len(seq)] = torch.tensor(seq)
+            ids[b, :len(seq)] = torch.tensor(seq, device="cpu")
             mask[b, :len(seq)] = 1
-            tpos[b, :len(t)] = torch.arange(len(c) - 1, len(c) - 1 + len(t))
-            tids[b, :len(t)] = torch.tensor(t)
+            tpos[b, :len(t)] = torch.arange(len(c) - 1, len(c) - 1 + len(t), device="cpu")
+            tids[b, :len(t)] = torch.tensor(t, device="cpu")
             tmask[b, :len(t)] = True
         batches.append(Batch(ids, mask, tpos, tids, tmask, np.array(current)))
 

@@ -285,14 +285,14 @@ class WeightRef:
             target.index_copy_(dim, self.rows, value.contiguous())
 
 
-def _fused_rows(spec: MatrixSpec, total_rows: int, n_heads: int) -> torch.Tensor:
+def _fused_rows(spec: MatrixSpec, total_rows: int, n_heads: int, device: torch.device) -> torch.Tensor:
     part, n_parts, interleave = spec.fused  # type: ignore[misc]
     width = total_rows // n_parts
     if not interleave:
-        return torch.arange(part * width, (part + 1) * width)
+        return torch.arange(part * width, (part + 1) * width, device=device)
     head_dim = width // n_heads
-    heads = torch.arange(n_heads).unsqueeze(1) * (n_parts * head_dim)
-    return (heads + part * head_dim + torch.arange(head_dim)).reshape(-1)
+    heads = torch.arange(n_heads, device=device).unsqueeze(1) * (n_parts * head_dim)
+    return (heads + part * head_dim + torch.arange(head_dim, device=device)).reshape(-1)
 
 
 def weight(model: nn.Module, matrix_type: str, layer: int) -> WeightRef:
@@ -311,7 +311,7 @@ def weight(model: nn.Module, matrix_type: str, layer: int) -> WeightRef:
     rows = None
     if spec.fused is not None:
         total = param.shape[1] if spec.conv1d else param.shape[0]
-        rows = _fused_rows(spec, total, model.config.num_attention_heads).to(param.device)
+        rows = _fused_rows(spec, total, model.config.num_attention_heads, param.device)
     return WeightRef(param=param, conv1d=spec.conv1d, rows=rows)
 
 
