@@ -112,7 +112,7 @@ def fig5(frame: pd.DataFrame) -> dict:
     Returns {verdict, ours, interval}; not testable with fewer than two corrected items."""
     c = frame[frame.group == "corrected"]
     if len(c) < 2:
-        return {"verdict": verdicts.not_testable(f"{len(c)} corrected test items"), "ours": "", "interval": ""}
+        return {"verdict": verdicts.not_testable(f"{len(c)} corrected test items (2 needed)", cause="no data"), "ours": "", "interval": ""}
     g, glo, ghi = evaluation.paired_difference(c["full_generic"].astype(float), c["removed_generic"].astype(float))
     d, lo, hi = evaluation.paired_difference(c["cos_full"], c["cos_removed"])
     return {"verdict": verdicts.both(verdicts.below(glo, ghi), verdicts.above(lo, hi)),

@@ -167,7 +167,7 @@ def accuracy_and_loss(t: pd.DataFrame, items: pd.DataFrame, best) -> dict:
     the answer's nll (nats, paired t) is above 0. Not testable without a chosen reduction
     or stored nll."""
     if best is None:
-        return {"ours": "", "interval": "", "verdict": verdicts.not_testable(NONE_CHOSEN)}
+        return {"ours": "", "interval": "", "verdict": verdicts.not_testable(NONE_CHOSEN, cause="grid cannot falsify")}
     kb, kc = _key(t, "base", -1, 1.0), _key(t, best.matrix_type, best.layer, best.rho)
     if "nll" not in items or items.loc[items.key.isin([kb, kc]), "nll"].isna().any():
         return {"ours": "", "interval": "", "verdict": verdicts.not_testable("no per-item nll stored", cause="no data")}
@@ -208,7 +208,7 @@ def judge(t: pd.DataFrame, items: pd.DataFrame, dataset: str, model: str, n_laye
     if best is None:
         chosen = base
         gain.update(ours=f"{100 * base.mean():.1f}% on {len(base)} test items; {NONE_CHOSEN}", interval="",
-                    verdict=verdicts.not_testable(NONE_CHOSEN))
+                    verdict=verdicts.not_testable(NONE_CHOSEN, cause="grid cannot falsify"))
     else:
         chosen_key = _key(singles, best.matrix_type, best.layer, best.rho)
         chosen = _test_items(items, chosen_key)
@@ -231,7 +231,7 @@ def judge(t: pd.DataFrame, items: pd.DataFrame, dataset: str, model: str, n_laye
     if best is None or not len(composed):
         why = NONE_CHOSEN if best is None else "greedy kept one reduction or none (no composition stored)"
         rows.append({**greedy, "ours": "", "interval": "", "verdict": verdicts.not_testable(
-            why, cause=None if best is None else "grid cannot falsify")})
+            why, cause="grid cannot falsify")})
     else:
         pick = composed.sort_values(["value", "n_reductions"], ascending=[False, True], kind="stable").iloc[0]
         comp = _test_items(items, pick["key"])
@@ -243,7 +243,7 @@ def judge(t: pd.DataFrame, items: pd.DataFrame, dataset: str, model: str, n_laye
                      "interval": comp_interval, "verdict": verdicts.direction(clo, chi, power_note=note), **cols,
                      "secondary": _loglik_beside(items, chosen_key, pick["key"])})
     if best is None:
-        loc = {"ours": "", "interval": "", "verdict": verdicts.not_testable(NONE_CHOSEN)}
+        loc = {"ours": "", "interval": "", "verdict": verdicts.not_testable(NONE_CHOSEN, cause="grid cannot falsify")}
     else:
         loc = location(singles, items, n_layers)
         loc["ours"] = f"chosen: {where}; {loc['ours']}"

@@ -237,7 +237,7 @@ def chance_table(curve: pd.DataFrame, items: pd.DataFrame | None = None, n_layer
     acc = curve[(curve.metric == "acc") & ~curve.healed.astype(bool)]
     for (task, variant), part in acc.groupby(["dataset", "variant"]):
         method = part["method"].iloc[0] if "method" in part else "similarity"
-        judged = ({"verdict": verdicts.not_testable(NO_ITEMS)} if items is None or not len(items) else
+        judged = ({"verdict": verdicts.not_testable(NO_ITEMS, cause="no data")} if items is None or not len(items) else
                   holds_then_falls(items, task, evaluation.CHANCE[task], model, n_layers=n_layers, method=method))
         f = chance_fraction(part, evaluation.CHANCE[task])
         base = part[part.n == 0]["value"]

@@ -242,7 +242,8 @@ def healed_heuristic(items: pd.DataFrame, margin: float = 0.10) -> dict | None:
         parts.append(verdicts.AGREES if hi < tol else verdicts.DISAGREES if alo >= tol else verdicts.INCONCLUSIVE)
         texts.append(_fmt(n, d, lo, hi, 1.0) + f" vs tolerance {tol:.3f}")
     if not parts:
-        return {"verdict": verdicts.not_testable("no unhealed heuristic point with a loss increase"),
+        return {"verdict": verdicts.not_testable("no unhealed heuristic point with a loss increase, so no tolerance to hold the similarity pick to",
+                                                      cause="grid cannot falsify"),
                 "ours": "; ".join(texts), "interval": ""}
     judged = {"verdict": verdicts.both(*parts), "ours": "; ".join(texts),
               "interval": f"heuristic − similarity, healed, paired per chunk, below {100 * margin:.0f}% of the "

@@ -89,7 +89,7 @@ def claim_rows(store: results.ResultStore, n_boot: int = 2000) -> list[dict]:
             best = (r.best.replace("@", ", layer ").replace(":", ", rho ") if r.best else NONE_CHOSEN)
             cols = power.paired_binary_columns(base_s, las_s, SMALLEST)
             note = cols.pop("power_note")
-            verdict = (verdicts.not_testable(NONE_CHOSEN) if not r.best else
+            verdict = (verdicts.not_testable(NONE_CHOSEN, cause="grid cannot falsify") if not r.best else
                        verdicts.not_testable("no per-level rows stored", cause="no data") if not len(base_s) else
                        verdicts.not_testable("the unmodified agent solves no test level", cause="model at chance")
                        if not base_s.any()
