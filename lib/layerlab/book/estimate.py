@@ -24,7 +24,11 @@ import torch
 from layerlab.core.model import embedded, models
 
 COSTS = Path(__file__).resolve().parents[3] / "book" / "costs.json"
-CALIBRATION_TOKENS = (2, 64)   # rows x tokens of one timed forward pass
+# rows x tokens of one timed forward pass: 1024 tokens, inside the chapters' own batches (LASER's
+# 4096-token batches, lm-eval's 8-24 rows of 100-500 tokens). At 2 x 64 a CPU is latency-bound and
+# the ratio between dtypes and ISAs is not the chapters' (#28 §2: under the AVX2 cap the plan from
+# 2 x 64 said 33 min for a LASER chapter that took 16)
+CALIBRATION_TOKENS = (4, 256)
 MATMUL = (512, 576, 1536)      # m, k, n of the matmul that scales non-LM chapters
 
 
