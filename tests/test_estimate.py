@@ -97,3 +97,20 @@ def test_machine_info_names_the_cpu_and_what_auto_picks():
     assert info["auto_dtype"] == ("bfloat16" if info["native_bf16"] else "float32") or info["gpu"] != "none"
     label = machine.runtime_label(torch.nn.Linear(2, 2))
     assert "`float32` on the CPU" in label and "bfloat16" in label
+
+
+def test_a_recorded_cold_run_keeps_each_chapter_beside_its_estimate(tmp_path):
+    machine = {"dtype": "float32", "cpu": "Some CPU", "native_bf16": False, "isa_limits": "ONEDNN_MAX_CPU_ISA=AVX2",
+               "cpu_cores": 2}
+    results.record_timing(tmp_path, "book:laser", "a", "quick", 300.0, estimate_s=400, **machine)
+    results.record_timing(tmp_path, "book:prune", "a", "quick", 100.0, estimate_s=None, **machine)
+    results.record_timing(tmp_path, "book:laser", "a", "quick", 3.0, estimate_s=5, **machine)  # warm rerun: not kept
+    path = tmp_path / "cold_runs.json"
+    entry = estimate.record_run(tmp_path, "capped", wall_s=500.0, commit="abc", path=path)
+    assert [(c["chapter"], c["seconds"], c["estimate_s"]) for c in entry["chapters"]] == [("laser", 300.0, 400),
+                                                                                        ("prune", 100.0, None)]
+    assert entry["chapters_s"] == 400.0 and entry["estimate_s"] == 400 and entry["wall_s"] == 500.0
+    assert entry["isa_limits"] == "ONEDNN_MAX_CPU_ISA=AVX2" and entry["cpu"] == "Some CPU"
+    assert json.loads(path.read_text())["capped"]["commit"] == "abc"
+    with pytest.raises(ValueError, match="results_dir"):
+        estimate.record_run(tmp_path / "empty", "x", path=path)

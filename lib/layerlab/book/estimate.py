@@ -247,12 +247,58 @@ def write_costs(results_dir: str | Path, profile: str, path: Path = COSTS) -> di
     return entry
 
 
+COLD_RUNS = COSTS.with_name("cold_runs.json")
+
+
+def record_run(results_dir: str | Path, label: str, profile: str = "quick", wall_s: float | None = None,
+               commit: str | None = None, path: Path = COLD_RUNS) -> dict:
+    """Keep one measured cold run in ``book/cold_runs.json`` under ``label``: per chapter the
+    seconds it took and the seconds the plan estimated before it started (the book's timing
+    rows in ``results_dir``), the CPU, its ISA limits and the dtype, the whole run's wall time
+    (``/usr/bin/time``'s, when given) and the commit. The Reproducibility page shows every run
+    kept there next to its estimate, so a reader sees how far the plan was off on each machine."""
+    from layerlab.core.io.results import timings
+
+    t = timings(results_dir)
+    t = t[t.chapter.str.startswith("book:") & (t.profile == profile)]
+    if not len(t):
+        raise ValueError(f"results_dir: {results_dir} holds no book timing rows for profile {profile!r}")
+    cold = t.groupby(["chapter", "model"], as_index=False, sort=False).first()
+    first = cold.iloc[0]
+    chapters = [{"chapter": r.chapter.removeprefix("book:"), "model": r.model, "dtype": r.dtype,
+                 "seconds": round(float(r.seconds), 1),
+                 "estimate_s": None if r.estimate_s != r.estimate_s else round(float(r.estimate_s))}
+                for r in cold.itertuples()]
+    entry = {"profile": profile, "cpu": first.get("cpu"), "isa_limits": first.get("isa_limits") or "none",
+             "native_bf16": bool(first.get("native_bf16")), "cores": int(first.get("cpu_cores", 0) or 0),
+             "finished": str(cold.finished.max()), "commit": commit, "wall_s": wall_s,
+             "chapters_s": round(sum(c["seconds"] for c in chapters), 1),
+             "estimate_s": sum(c["estimate_s"] for c in chapters if c["estimate_s"] is not None), "chapters": chapters}
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs[label] = entry
+    path.write_text(json.dumps(runs, indent=1, sort_keys=True, default=str) + "\n")
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write book/costs.json from a cold run's timings.")
-    parser.add_argument("--write-costs", metavar="RESULTS_DIR", required=True)
+    parser = argparse.ArgumentParser(description="Write book/costs.json from a cold run's timings, or keep a "
+                                     "measured cold run in book/cold_runs.json.")
+    parser.add_argument("--write-costs", metavar="RESULTS_DIR")
+    parser.add_argument("--record-run", metavar="RESULTS_DIR")
+    parser.add_argument("--label", help="--record-run: the run's name, e.g. 'quick, AMD EPYC, AVX2 cap'")
+    parser.add_argument("--wall-s", type=float, help="--record-run: the whole run's wall seconds")
+    parser.add_argument("--commit", help="--record-run: the commit the run was made at")
     parser.add_argument("--profile", default="quick")
     args = parser.parse_args(argv)
-    print(json.dumps(write_costs(args.write_costs, args.profile), indent=1))
+    if bool(args.write_costs) == bool(args.record_run):
+        parser.error("give one of --write-costs RESULTS_DIR or --record-run RESULTS_DIR")
+    if args.record_run:
+        if not args.label:
+            parser.error("--record-run needs --label")
+        out = record_run(args.record_run, args.label, args.profile, args.wall_s, args.commit)
+    else:
+        out = write_costs(args.write_costs, args.profile)
+    print(json.dumps(out, indent=1, default=str))
     return 0
 
 
