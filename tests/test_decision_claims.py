@@ -55,7 +55,8 @@ def test_validation_choosing_nothing_is_not_testable(tmp_path):
     store = results.ResultStore(tmp_path)
     put_seed(store, 0, 40, 40, best="")
     (row,) = by_claim(decision_claims.claim_rows(store), decision_claims.CLAIM)
-    assert row["verdict"] == f"{verdicts.NOT_TESTABLE}: no reduction beats the unmodified agent on validation"
+    assert row["verdict"] == (f"{verdicts.NOT_TESTABLE}: grid cannot falsify: "
+                              "no reduction beats the unmodified agent on validation")
 
 
 def test_pooled_seeds_are_one_claim(tmp_path):

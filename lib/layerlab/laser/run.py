@@ -131,7 +131,7 @@ def verdict_lines(reports: dict) -> str:
         d, lo, hi = r["diff_acc"]
         verdict = (WHY[verdicts.above(lo, hi)] if r["best"] else
                    f"validation picked no reduction, so LASER changes nothing: "
-                   f"{verdicts.not_testable(laser_claims.NONE_CHOSEN, cause="grid cannot falsify")}")
+                   f"{verdicts.not_testable(laser_claims.NONE_CHOSEN, cause='grid cannot falsify')}")
         if ds == "hotpotqa" and r["base_acc"] == 0:
             verdict += " (exact greedy answers are out of reach for this model: 0% before and after)"
         p = paper.get(r["dataset"])
