@@ -226,17 +226,23 @@ class Progress:
             self._update()
 
 
-def write_costs(results_dir: str | Path, profile: str, path: Path = COSTS) -> dict:
-    """Record each chapter's work (seconds x speed) from the book's timing rows
-    ("book:<technique>", with ``speed``) of a cold run in ``results_dir`` (other chapters
-    keep their recorded costs); returns the chapters written."""
+def _cold_book_rows(results_dir: str | Path, profile: str, need: str | None = None):
+    """The book's timing row of each chapter's first run in ``results_dir`` for ``profile``
+    (the cold run that computed everything), among rows with ``need`` recorded where given."""
     from layerlab.core.io.results import timings
 
     t = timings(results_dir)
     t = t[t.chapter.str.startswith("book:") & (t.profile == profile)]
-    if "speed" in t:
-        t = t[t.speed.notna()]
-    cold = t.groupby(["chapter", "model"], as_index=False, sort=False).first()  # the run that computed everything
+    if need is not None and need in t:
+        t = t[t[need].notna()]
+    return t.groupby(["chapter", "model"], as_index=False, sort=False).first()
+
+
+def write_costs(results_dir: str | Path, profile: str, path: Path = COSTS) -> dict:
+    """Record each chapter's work (seconds x speed) from the book's timing rows
+    ("book:<technique>", with ``speed``) of a cold run in ``results_dir`` (other chapters
+    keep their recorded costs); returns the chapters written."""
+    cold = _cold_book_rows(results_dir, profile, need="speed")
     entry = {chapter_id(r.chapter.removeprefix("book:"), r.model): {
         "work": round(float(r.seconds * r.speed), 1), "seconds": float(r.seconds), "speed": round(float(r.speed), 2),
         "dtype": r.dtype, "cpu": r.cpu, "native_bf16": bool(r.native_bf16), "measured": r.finished}
@@ -257,13 +263,9 @@ def record_run(results_dir: str | Path, label: str, profile: str = "quick", wall
     rows in ``results_dir``), the CPU, its ISA limits and the dtype, the whole run's wall time
     (``/usr/bin/time``'s, when given) and the commit. The Reproducibility page shows every run
     kept there next to its estimate, so a reader sees how far the plan was off on each machine."""
-    from layerlab.core.io.results import timings
-
-    t = timings(results_dir)
-    t = t[t.chapter.str.startswith("book:") & (t.profile == profile)]
-    if not len(t):
+    cold = _cold_book_rows(results_dir, profile)
+    if not len(cold):
         raise ValueError(f"results_dir: {results_dir} holds no book timing rows for profile {profile!r}")
-    cold = t.groupby(["chapter", "model"], as_index=False, sort=False).first()
     first = cold.iloc[0]
     chapters = [{"chapter": r.chapter.removeprefix("book:"), "model": r.model, "dtype": r.dtype,
                  "seconds": round(float(r.seconds), 1),
