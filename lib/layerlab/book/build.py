@@ -166,6 +166,8 @@ def execute(profile: str, results_dir: Path, data_dir: str | None, log=print, dt
     for (technique, _, _), row in zip(plan, rows):
         row["resolved"] = _resolved(row["dtype"], technique)
     log(estimate.summary(rows))
+    if profile == "full" and dry_run is None:
+        log(counted_work_plan(profile, rows, dtype or "auto"))
     machine = machine_info()
     executed.mkdir(parents=True, exist_ok=True)
     times = []
@@ -193,6 +195,22 @@ def execute(profile: str, results_dir: Path, data_dir: str | None, log=print, dt
             log(f"[book]   done in {times[-1]['seconds']:.0f} s"
                 + ("" if row["estimate_s"] is None else f" (estimated {row['estimate_s']:.0f} s)"))
     return times
+
+
+def counted_work_plan(profile: str, rows: list[dict], dtype: str = "auto") -> str:
+    """The profile's plan from the work each chapter does (``work``: block-tokens, SVDs,
+    training tokens), on one H100 at a stated speed and on this CPU at the speeds the
+    calibration just measured (``rows``: ``estimate.plan_estimate``'s), both labelled as
+    estimates. The full profile has no measured cold run to scale, so this is its plan."""
+    from . import estimate, work
+
+    measured = {(r["model"], r["dtype"]): r["speed"] for r in rows}
+
+    def calibrate(model: str, dtype: str) -> float:  # a model no chapter calibrated (the encoder) is timed now
+        return measured.get((model, dtype)) or estimate.tokens_per_second(model, dtype)
+
+    plan = chapter_plan(profile, None if dtype == "auto" else dtype)
+    return "\n".join([work.plan_lines(plan, profile, "h100"), work.plan_lines(plan, profile, "cpu", dtype, calibrate)])
 
 
 def _resolved(dtype: str, technique: str) -> str:
