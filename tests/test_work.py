@@ -232,3 +232,16 @@ def test_the_full_plan_prints_its_counted_work_on_the_h100_and_on_this_cpu(monke
     minutes = [float(line.split()[-1].rstrip("*")) for line in text.splitlines()
                if line.startswith("[book]   laser ") and "qwen" in line]
     assert len(minutes) == 2 and all(m > 0 for m in minutes)
+
+
+def test_lora_on_frozen_weights_counts_two_forward_passes_a_step_and_full_training_three():
+    from layerlab.book.work.counts import LORA_TRAIN_FACTOR, TRAIN_FACTOR
+
+    lora, full, both = Work("tiny"), Work("tiny"), Work("tiny")
+    train_steps(lora, "t", 5, 2, 4, 3, factor=LORA_TRAIN_FACTOR)
+    train_steps(full, "t", 5, 2, 4, 3)
+    train_steps(both, "t", 5, 2, 4, 3, factor=LORA_TRAIN_FACTOR)
+    train_steps(both, "t", 5, 2, 4, 1)  # a quarter of the block-tokens at the full factor
+    f = [flops(w, TINY)["train"] for w in (lora, full)]
+    assert f[1] == pytest.approx(f[0] * TRAIN_FACTOR / LORA_TRAIN_FACTOR)
+    assert both.train_factor == pytest.approx((3 * LORA_TRAIN_FACTOR + 1 * TRAIN_FACTOR) / 4)

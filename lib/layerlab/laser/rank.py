@@ -77,8 +77,14 @@ class SVDCache:
     unmodified at that matrix then, so a restore stays bit-identical; its SVD is recomputed
     if asked for again. A sweep asks for one matrix's SVD for every rho in a row (``laser.grid``:
     deepest layer first, then matrix type, then rho), so a budget of a few matrices computes
-    each SVD once. One cache serves every dataset of a chapter run on one model (pass it as
-    ``laser.Sweeper(svd=...)``): no SVD is computed twice while its entry stays.
+    each SVD once per pass over the items. Not once in all: when the items are cut into
+    chunks (``prefix_stream``), each chunk asks again for every matrix of its window of
+    layers in the same order, and a budget smaller than that window (Qwen2.5-1.5B on a GPU:
+    about 1.25 GiB for 4 layers against 1 GiB) evicts each entry before the next chunk asks,
+    so every SVD is recomputed once per chunk (``layerlab.book.work`` counts this: about
+    2,500 SVDs for Qwen's full LASER grid, 13x the distinct ones). One cache serves every
+    dataset of a chapter run on one model (pass it as ``laser.Sweeper(svd=...)``): an SVD is
+    not recomputed while its entry stays.
 
     Entries are computed from the model's weights the first time they are asked for; the
     model must be unmodified then (use it before entering reductions, or call ``prime``).

@@ -86,7 +86,7 @@ def run_sweeps(run: dict, model: str, results_dir: str, data_dir=None, seed: int
     on_ray = (run_on_ray(run, model, results_dir, data_dir, seed, device, dtype, ray_address, workers)
               if executor == "ray" else {})
     cfg, sweepers, tables, seconds = run["cfg"], {}, {}, {}
-    svd = rank.SVDCache(run["lm"])  # one bounded cache for every dataset: no SVD computed twice
+    svd = rank.SVDCache(run["lm"])  # one bounded cache for every dataset (recomputes what it evicted: rank.SVDCache)
     for ds, task in run["tasks"].items():
         full, t0 = run["full_grid"][ds], time.time()
         limit = laser.limit_for(cfg, ds, full)

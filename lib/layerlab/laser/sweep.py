@@ -115,8 +115,8 @@ class Sweeper:
     ``prefix_stream.scores``, which keeps at most ``state_bytes`` of residual states
     ("auto": 64 MiB on a CPU, 2 GiB on a GPU; None: no limit), cutting the items into
     chunks when they do not fit. The SVD cache has its own byte budget (``rank.SVDCache``;
-    pass one cache as ``svd`` to every dataset's sweeper of a chapter run so no SVD is
-    computed twice). Call ``release`` when a dataset is done.
+    pass one cache as ``svd`` to every dataset's sweeper of a chapter run; it recomputes an
+    SVD it evicted, see there). Call ``release`` when a dataset is done.
 
     Each point stores summary rows under technique 'laser' and per-item rows under
     'laser_items' (for paired differences and Fig. 5), keyed by the reduction(s), the

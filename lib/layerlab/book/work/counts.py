@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, replace
 from .shapes import Shape, model_shape
 
 TRAIN_FACTOR = 3.0  # a training step (forward + backward) counted as 3 forward passes
+# LoRA on frozen weights: backward computes the inputs' gradients (about one forward) but no
+# weight gradient beside the adapters' (rank 8: negligible), so a step is about 2 forward passes
+LORA_TRAIN_FACTOR = 2.0
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Work:
     train_block_tokens: float = 0.0
     train_attn_pairs: float = 0.0
     train_head_tokens: float = 0.0
+    train_factor: float | None = None  # forward passes per training step (None: TRAIN_FACTOR; see train_steps)
     block_calls: float = 0.0
     svds: Counter = field(default_factory=Counter)
     host_svds: Counter = field(default_factory=Counter)
@@ -90,11 +94,17 @@ def run_pass(w: Work, part: str, rows: Rows, blocks: float, head: float = 0.0, b
 
 
 def train_steps(w: Work, part: str, steps: int, batch: int, seq_len: int, trained_blocks: float,
-                frozen_blocks: float = 0.0, head: bool = True) -> None:
+                frozen_blocks: float = 0.0, head: bool = True, factor: float = TRAIN_FACTOR) -> None:
     """Count ``steps`` training steps of ``batch`` x ``seq_len`` tokens: ``trained_blocks``
-    (and the head) forward and backward (``TRAIN_FACTOR``), ``frozen_blocks`` below them
-    forward only (no gradient flows into them)."""
+    (and the head) forward and backward (``factor`` forward passes: ``TRAIN_FACTOR`` when
+    their weights train, ``LORA_TRAIN_FACTOR`` for adapters on frozen weights),
+    ``frozen_blocks`` below them forward only (no gradient flows into them). A Work that
+    holds both kinds keeps their mean factor, weighted by training block-tokens."""
     tokens = steps * batch * seq_len
+    before, added = w.train_block_tokens, tokens * trained_blocks
+    if added:
+        w.train_factor = (factor if not before else
+                          ((w.train_factor or TRAIN_FACTOR) * before + factor * added) / (before + added))
     pairs = steps * batch * seq_len * (seq_len + 1) / 2
     w.train_tokens += tokens
     w.train_block_tokens += tokens * trained_blocks
@@ -102,7 +112,7 @@ def train_steps(w: Work, part: str, steps: int, batch: int, seq_len: int, traine
     w.train_head_tokens += tokens if head else 0
     w.block_tokens += tokens * frozen_blocks
     w.attn_pairs += pairs * frozen_blocks
-    w.block_calls += steps * (TRAIN_FACTOR * trained_blocks + frozen_blocks)
+    w.block_calls += steps * (factor * trained_blocks + frozen_blocks)
     w.parts[part] += tokens * (trained_blocks + frozen_blocks)
 
 

@@ -14,7 +14,7 @@ from .shapes import AGENT, Shape, agent_shape, model_shape, sokoban_config
 def flops(work: Work, shape: Shape) -> dict[str, float]:
     """FLOPs of counted work (``shape``: its model's): blocks 2 x block weights x
     block_tokens; attention 4 x heads x head_dim x attn_pairs (x 2 for an encoder, which
-    attends both ways); head 2 x vocab x hidden x head_tokens; train ``TRAIN_FACTOR`` x
+    attends both ways); head 2 x vocab x hidden x head_tokens; train ``work.train_factor`` x
     the same terms of the training counts; svd ``svd_flops`` per SVD; host the CPU-side
     float64 spectra and fits. ``device``: what runs on the model's device."""
     per_block = 2.0 * shape.block_params
@@ -22,7 +22,7 @@ def flops(work: Work, shape: Shape) -> dict[str, float]:
     head = 2.0 * shape.vocab * shape.hidden
     out = {"blocks": per_block * work.block_tokens, "attention": attn * work.attn_pairs,
            "head": head * work.head_tokens,
-           "train": TRAIN_FACTOR * (per_block * work.train_block_tokens + attn * work.train_attn_pairs
+           "train": (work.train_factor or TRAIN_FACTOR) * (per_block * work.train_block_tokens + attn * work.train_attn_pairs
                                     + head * work.train_head_tokens),
            "other": work.other_flops,
            "svd": sum(svd_flops(m, n) * c for (m, n), c in work.svds.items()),

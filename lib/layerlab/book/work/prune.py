@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .assumptions import similarity_start
-from .counts import EditCost, Rows, Work, drop_edit, fixed_rows, run_pass, train_steps, unmodified_edit
+from .counts import LORA_TRAIN_FACTOR, EditCost, Rows, Work, drop_edit, fixed_rows, run_pass, train_steps, unmodified_edit
 from .engines import evaluate_edits, generate
 from .inputs import Context, only, padded_rows
 from .shapes import Shape, model_shape
@@ -70,7 +70,7 @@ def healed_point(w: Work, model: str, shape: Shape, method: str, n: int, tasks: 
         return
     kept = shape.layers - n
     if healer == "lora":  # adapters on every MLP: gradients flow through every block
-        train_steps(w, f"healing ({healer})", heal["steps"], 4, heal["seq_len"], kept)
+        train_steps(w, f"healing ({healer})", heal["steps"], 4, heal["seq_len"], kept, factor=LORA_TRAIN_FACTOR)
     else:  # head + last blocks: nothing below them needs a gradient
         trained = min(last, kept)
         train_steps(w, f"healing ({healer})", heal["steps"], 4, heal["seq_len"], trained, kept - trained)
