@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from layerlab.core.model import embedded, models
@@ -29,6 +30,9 @@ COSTS = Path(__file__).resolve().parents[3] / "book" / "costs.json"
 # the ratio between dtypes and ISAs is not the chapters' (#28 §2: under the AVX2 cap the plan from
 # 2 x 64 said 33 min for a LASER chapter that took 16)
 CALIBRATION_TOKENS = (4, 256)
+# timed passes per model, after an untimed one: their median is the speed (one pass of a slow
+# model is one sample of a noisy host)
+CALIBRATION_PASSES = 3
 MATMUL = (512, 576, 1536)      # m, k, n of the matmul that scales non-LM chapters
 
 
@@ -37,11 +41,13 @@ def chapter_id(technique: str, model: str) -> str:
 
 
 @torch.no_grad()
-def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto", min_seconds: float = 1.0) -> float:
+def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto", min_seconds: float = 1.0,
+                      passes: int = CALIBRATION_PASSES) -> float:
     """Forward-pass speed of a registry model (or any ``layerlab.load`` name) in ``dtype``:
-    tokens per second over ``CALIBRATION_TOKENS``-sized passes, after a warm-up pass,
-    repeated until ``min_seconds`` have passed. The Sokoban agent (``AGENT``) -> its training
-    windows per second; other non-LM names (not loadable) -> matmul GFLOP/s."""
+    tokens per second of ``CALIBRATION_TOKENS``-sized passes, the median over at least
+    ``passes`` timed passes (and at least ``min_seconds``), after one untimed pass of the same
+    shape. The Sokoban agent (``AGENT``) -> its training windows per second; other non-LM
+    names (not loadable) -> matmul GFLOP/s."""
     if model_name == AGENT:
         return agent_windows_per_second()
     if model_name not in embedded.REGISTRY and not Path(model_name).exists() and "/" not in model_name:
@@ -49,16 +55,17 @@ def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto"
     lm, _ = models.load(model_name, dtype=dtype, device=device)
     rows, length = CALIBRATION_TOKENS
     ids = torch.randint(100, 1000, (rows, length), generator=torch.Generator().manual_seed(0), device="cpu").to(lm.device)
-    lm(input_ids=ids[:1, :16])  # warm-up: kernels, allocator
-    done, start = 0, time.perf_counter()
-    while True:
+    # warm-up at the timed shape: the first pass of a shape pays for kernels, the allocator's
+    # buffers and oneDNN's primitives (a 16-token warm-up left that in the one timed pass of a
+    # slow model: two plans minutes apart differed by 25% on gemma3 under the AVX2 cap)
+    lm(input_ids=ids)
+    speeds, start = [], time.perf_counter()
+    while len(speeds) < passes or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
         lm(input_ids=ids)
-        done += rows * length
-        if time.perf_counter() - start >= min_seconds:
-            break
-    seconds = time.perf_counter() - start
+        speeds.append(rows * length / (time.perf_counter() - t0))
     del lm
-    return done / seconds
+    return float(np.median(speeds))
 
 
 AGENT = "sokoban-dt"  # the Sokoban chapter's model: trained in the chapter, calibrated by its own steps
