@@ -56,8 +56,9 @@ def tokens_per_second(model_name: str, dtype: str = "auto", device: str = "auto"
     rows, length = CALIBRATION_TOKENS
     ids = torch.randint(100, 1000, (rows, length), generator=torch.Generator().manual_seed(0), device="cpu").to(lm.device)
     # warm-up at the timed shape: the first pass of a shape pays for kernels, the allocator's
-    # buffers and oneDNN's primitives (a 16-token warm-up left that in the one timed pass of a
-    # slow model: two plans minutes apart differed by 25% on gemma3 under the AVX2 cap)
+    # buffers and oneDNN's primitives. Two plans minutes apart differed by 25% on gemma3 under
+    # the AVX2 cap, where a 16-token warm-up left one timed pass of a slow model; whether this
+    # and the median remove that spread is for the next cold run to show
     lm(input_ids=ids)
     speeds, start = [], time.perf_counter()
     while len(speeds) < passes or time.perf_counter() - start < min_seconds:

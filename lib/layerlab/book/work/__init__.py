@@ -43,7 +43,7 @@ prefix cache, prefix-shared evaluation and generation, counted), one module per 
 chapters (``laser`` with Sokoban, ``prune``, ``painters`` with the encoder, ``beyond``:
 criteria, sublayers, healing, spectrum), ``plan`` (``CHAPTERS``, ``chapter_work``,
 ``plan_work``), ``device`` (``flops``, ``Device``, ``DEVICES``, ``device_for``,
-``work_seconds``), ``report`` (``chapter_rows``, ``summary``, ``plan_lines``) and ``__main__``
+``work_seconds``), ``report`` (``chapter_rows``, ``summary``, ``plan_rows``, ``plan_lines``) and ``__main__``
 (the command line).
 """
 
@@ -51,7 +51,7 @@ from .assumptions import ASSUMPTIONS
 from .device import DEVICES, Device, cpu_device, device_for, estimate_seconds, flops
 from .inputs import Context
 from .plan import CHAPTERS, chapter_work, plan_work
-from .report import chapter_rows, plan_lines, summary
+from .report import chapter_rows, plan_lines, plan_rows, summary
 
 __all__ = ["ASSUMPTIONS", "CHAPTERS", "DEVICES", "Context", "Device", "chapter_rows", "chapter_work", "cpu_device",
-           "device_for", "estimate_seconds", "flops", "plan_lines", "plan_work", "summary"]
+           "device_for", "estimate_seconds", "flops", "plan_lines", "plan_rows", "plan_work", "summary"]

@@ -7,10 +7,9 @@ import argparse
 import json
 import os
 
-from .device import DEVICES, device_for
+from .device import DEVICES
 from .inputs import Context
-from .plan import plan_work
-from .report import chapter_rows, dtype_bytes_for, summary
+from .report import dtype_bytes_for, plan_rows, summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ctx = Context(device_type="cuda" if args.device == "h100" else "cpu",
                   dtype_bytes=dtype_bytes_for(args.device, args.dtype), tokens=args.tokens)
-    chapters = plan_work(build.chapter_plan(args.profile), args.profile, ctx)
-    device = device_for(args.device, [w.model for c in chapters for w in c["work"]], args.dtype)
-    rows = chapter_rows(chapters, device)
+    rows, device = plan_rows(build.chapter_plan(args.profile), args.profile, args.device, args.dtype, ctx=ctx)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "work"} | {"work": [w.as_dict() for w in r["work"]]}
                           for r in rows], indent=1, default=str))

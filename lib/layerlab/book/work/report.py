@@ -67,17 +67,24 @@ def _g(x: float) -> str:
     return f"{x:.0f}"
 
 
-def plan_lines(plan: list[tuple[str, str, dict]], profile: str, device: str = "h100", dtype: str = "auto",
-               calibrate=None, ctx: Context | None = None) -> str:
-    """``plan`` (a profile's (technique, model, parameters), ``build.chapter_plan``'s) on
-    ``device`` as ``summary`` prints it; ``profile`` names the chapters' own grids."""
+def plan_rows(plan: list[tuple[str, str, dict]], profile: str, device: str = "h100", dtype: str = "auto",
+              calibrate=None, ctx: Context | None = None) -> tuple[list[dict], Device]:
+    """``plan`` (a profile's (technique, model, parameters), ``build.chapter_plan``'s) counted
+    and timed on ``device``: (``chapter_rows``, the ``Device``); ``profile`` names the
+    chapters' own grids; ``ctx`` defaults to the device's memory budgets and dtype."""
     if device not in DEVICES:
         raise ValueError(f"device: {device!r} is not one of {', '.join(DEVICES)}")
     if ctx is None:
         ctx = Context(device_type="cuda" if device == "h100" else "cpu", dtype_bytes=dtype_bytes_for(device, dtype))
     chapters = plan_work(plan, profile, ctx)
     target = device_for(device, [w.model for c in chapters for w in c["work"]], dtype, calibrate)
-    return summary(chapter_rows(chapters, target), target)
+    return chapter_rows(chapters, target), target
+
+
+def plan_lines(plan: list[tuple[str, str, dict]], profile: str, device: str = "h100", dtype: str = "auto",
+               calibrate=None, ctx: Context | None = None) -> str:
+    """``plan_rows`` as ``summary`` prints it."""
+    return summary(*plan_rows(plan, profile, device, dtype, calibrate, ctx))
 
 
 def dtype_bytes_for(device: str, dtype: str) -> int:

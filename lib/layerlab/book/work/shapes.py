@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerlab.book.estimate import AGENT  # the Sokoban chapter's model name
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -116,9 +118,6 @@ def model_shape(name: str) -> Shape:
     from transformers import AutoConfig
 
     return shape_from_config(name, AutoConfig.from_pretrained(name).to_dict())
-
-
-AGENT = "sokoban-dt"
 
 
 def agent_shape(agent) -> Shape:
