@@ -97,4 +97,4 @@ def dtype_bytes_for(device: str, dtype: str) -> int:
 
     from layerlab.core.model import models
 
-    return torch.empty(0, dtype=models.auto_dtype(torch.device("cpu"))).element_size()
+    return models.auto_dtype(torch.device("cpu")).itemsize
