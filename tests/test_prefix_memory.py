@@ -154,3 +154,24 @@ def test_the_stream_keeps_at_most_its_budget_whatever_the_rows(tmp_path, monkeyp
 def test_bad_budget_is_refused():
     with pytest.raises(ValueError, match="max_bytes"):
         prefix_stream.budget(tiny_model("llama"), "lots")
+
+
+def test_chunks_alternate_the_job_order_so_the_svd_cache_keeps_what_the_next_chunk_needs(tmp_path):
+    """A window of four matrices against a cache with room for two, over many chunks: scored
+    in the same order every chunk, LRU would evict each SVD just before the next chunk asks
+    for it (4 per chunk); alternating the order, a chunk reuses the two the last one ended on."""
+    model = tiny_model("llama")
+    task = laser.build_task(str(facts_file(tmp_path, 40)))
+    batches = scoring.encode(CharTokenizer(), task.contexts, task.continuations, max_tokens_per_batch=96)
+    one = rank.SVDCache(model, max_bytes=None)
+    one.svd("mlp_in", 0)
+    svd = rank.SVDCache(model, max_bytes=int(2.5 * one.nbytes()))
+    edits = [[rank.Reduction("mlp_in", layer, rho)] for layer in (3, 2, 1, 0) for rho in (0.1, 0.5)]
+    jobs = [(e[0].layer, partial(rank.reduced, model, e, svd)) for e in edits]
+    per_token = model.config.hidden_size * model.dtype.itemsize
+    windows, chunks = prefix_stream.plan(batches, [s for s, _ in jobs], per_token, 1)
+    assert len(windows) == 1 and len(chunks) == len(batches) > 2
+    assert prefix_stream.chunk_order([0, 1, 2], 0) == [0, 1, 2] and prefix_stream.chunk_order([0, 1, 2], 1) == [2, 1, 0]
+    got = dict(prefix_stream.scores(model, batches, len(task.contexts), jobs, 1))
+    assert sorted(got) == list(range(len(edits)))
+    assert svd.computed == 4 + 2 * (len(chunks) - 1)  # the same order every chunk: 4 * len(chunks)

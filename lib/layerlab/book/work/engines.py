@@ -54,8 +54,8 @@ def prefix_points(w: Work, part: str, rows: Rows, jobs: Sequence[Sequence], shap
     for window in windows:
         mine = [i for i, s in enumerate(starts) if s in window]
         run_pass(w, part, rows, n, 0.0, batch_rows)  # runner.capture runs every block
-        for _ in chunks:
-            for i in mine:
+        for c in range(len(chunks)):
+            for i in prefix_stream.chunk_order(mine, c):
                 for r in jobs[i] if svd is not None else ():
                     svd.request(r.matrix_type, r.layer)
         for i in mine:

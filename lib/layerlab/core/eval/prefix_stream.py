@@ -81,12 +81,21 @@ def plan(batches: list[scoring.Batch], starts: Sequence[int], bytes_per_token: i
     return [starts[i:i + k] for i in range(0, len(starts), k)], chunks
 
 
+def chunk_order(window_jobs: Sequence[int], chunk: int) -> list[int]:
+    """The order in which ``scores`` runs the jobs of one window on chunk number ``chunk``:
+    as given on even chunks, reversed on odd ones. An LRU cache of what the jobs need (the
+    SVD cache) still holds the last jobs' entries when a chunk ends, and the next chunk asks
+    for those first; in the same order every chunk, a window whose entries exceed the cache
+    evicts each one before it is asked for again (every SVD recomputed once per chunk)."""
+    return list(window_jobs) if chunk % 2 == 0 else list(reversed(window_jobs))
+
+
 @torch.no_grad()
 def scores(model: nn.Module, batches: list[scoring.Batch], n_rows: int, jobs: Sequence[tuple[int, Callable]],
            max_bytes: int | str | None = "auto"):
     """Score many edits of one model on the same rows, with residual states bounded by
     ``max_bytes`` whatever the number of rows. Yields (job index, scoring.RowScores) as each job
-    completes (deepest start first).
+    completes: windows deepest start first, a window's jobs in ``chunk_order`` of its last chunk.
 
     jobs: (start layer, apply) per edit: ``apply()`` returns a context manager that holds
     the edit (e.g. ``rank.reduced``); blocks start.. are run as they are inside it, on the
@@ -104,7 +113,7 @@ def scores(model: nn.Module, batches: list[scoring.Batch], n_rows: int, jobs: Se
         for c, chunk in enumerate(chunks):
             on_device = [b.to(device) for b in chunk]
             states = [runner.capture(model, b.input_ids, b.attention_mask, keep=window) for b in on_device]
-            for i in mine:
+            for i in chunk_order(mine, c):
                 start, apply = jobs[i]
                 with apply():
                     parts[i] += [_scored(model, b, runner.run_from(model, st, start, stop_at=st.n_layers))
