@@ -5,9 +5,9 @@ The unedited model's residual stream entering each edit's start block is what th
 share. ``scores`` captures it for a window of start layers over a chunk of rows, scores
 every edit of the window on that chunk (each edit reruns only its own blocks, under a
 context manager that holds it), drops the chunk and moves on. Peak memory is the weights,
-one batch's activations and ``max_bytes`` of states (``budget``: 64 MiB on a CPU, 2 GiB on
-a GPU by default), whatever the number of items: more items mean more chunks (more
-capture passes), never more memory. With few items everything is one pass, one chunk.
+one batch's activations, the head's slice of rows (``HEAD_BYTES``) and ``max_bytes`` of
+states (``budget``: 64 MiB on a CPU, 2 GiB on a GPU by default), whatever the number of
+items: more items mean more chunks (more capture passes), never more memory. With few items everything is one pass, one chunk.
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ DEFAULT_BYTES = {"cpu": 64 * 2**20, "cuda": 2 * 2**30, "mps": 512 * 2**20}
 MIN_WINDOW = 4  # boundaries captured per pass when the data must be cut into chunks
 
 
-HEAD_BYTES = 64 * 2**20  # float32 logits scored at once: the head runs on slices of rows
+# float32 logits scored at once (the head runs on slices of rows); scoring holds about 2.5x
+# this in temporaries (the logits in the model's dtype, in float32 and their log-softmax).
+# At 64 MiB a slice of ~110 CounterFact rows made the sweep's peak grow by 174 MB from 64
+# to 1024 items until the slices were full; at 16 MiB, 45 MB (bench/RESULTS.md, laser_memory)
+HEAD_BYTES = 16 * 2**20
 
 
 def _scored(model: nn.Module, b: scoring.Batch, h: torch.Tensor) -> dict:
