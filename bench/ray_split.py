@@ -1,17 +1,18 @@
 """The Ray row's sweep (80 LASER configurations + base, 400 CounterFact items, smollm2 float32)
 split into import / load / task / sweep, run in this process, in a fresh subprocess and as a Ray task."""
-import json, os, subprocess, sys, tempfile, time
+import json, subprocess, sys, tempfile, time
 
 def shard(results_dir):
     t0 = time.perf_counter()
     from layerlab.core.compute import distributed
     from layerlab.core.io import results
-    from layerlab.laser import rank, sweep as laser
+    from layerlab.core.model import arch
+    from layerlab.laser import sweep as laser
     t1 = time.perf_counter()
     lm, tok = distributed.load("smollm2-135m", "cpu", "float32")
     t2 = time.perf_counter()
     task = laser.build_task("counterfact", None, 400, 0)
-    L = 30
+    L = arch.n_layers(lm)
     points = [[]] + [[g] for g in laser.grid(["mlp_in", "mlp_out"], range(L - 8, L), [0.01, 0.05, 0.1, 0.25, 0.5])]
     sw = laser.Sweeper(lm, tok, "smollm2-135m", task, results.ResultStore(results_dir), seed=0, limit=400)
     t3 = time.perf_counter()

@@ -83,9 +83,9 @@ class SVDCache:
     4 layers against 1 GiB) evicts entries before the next chunk asks. ``prefix_stream``
     reverses the order on alternate chunks, so a chunk first reuses what the last one ended
     on and recomputes only the rest (``layerlab.book.work`` counts Qwen's full LASER grid at
-    about 1,400 SVDs, 7x the distinct ones, where the same order every chunk gave 2,350). One cache serves every
-    dataset of a chapter run on one model (pass it as ``laser.Sweeper(svd=...)``): an SVD is
-    not recomputed while its entry stays.
+    about 1,400 SVDs, 7x the distinct ones, where the same order every chunk gave 2,350).
+    One cache serves every dataset of a chapter run on one model (pass it as
+    ``laser.Sweeper(svd=...)``): an SVD is not recomputed while its entry stays.
 
     Entries are computed from the model's weights the first time they are asked for; the
     model must be unmodified then (use it before entering reductions, or call ``prime``).

@@ -7,7 +7,8 @@ every edit of the window on that chunk (each edit reruns only its own blocks, un
 context manager that holds it), drops the chunk and moves on. Peak memory is the weights,
 one batch's activations, the head's slice of rows (``HEAD_BYTES``) and ``max_bytes`` of
 states (``budget``: 64 MiB on a CPU, 2 GiB on a GPU by default), whatever the number of
-items: more items mean more chunks (more capture passes), never more memory. With few items everything is one pass, one chunk.
+items: more items mean more chunks (more capture passes), never more memory. With few
+items everything is one pass, one chunk.
 """
 
 from __future__ import annotations
